@@ -1,0 +1,1 @@
+"""Preset configs (ml_collections). Shipped inside the package as `jax3d.configs`."""

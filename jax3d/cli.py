@@ -1,0 +1,128 @@
+"""The `jax3d` command: one entry point, one subcommand per job.
+
+Every subcommand gets the same error contract for free: a `UserError` raised anywhere below
+prints one line to stderr (what is wrong, how to fix it) and exits with code 2. Heavy
+modules (jax, diffusers) are imported inside the handlers so `jax3d --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from jax3d.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports mistakes as one-line `UserError`s instead of usage dumps."""
+
+  def error(self, message):
+    raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _split_overrides(extra: Sequence[str]) -> list[str]:
+  """Keeps `--config.key=value` (or `--config.key value`) items; anything else is an error."""
+  overrides, i = [], 0
+  extra = list(extra)
+  while i < len(extra):
+    item = extra[i]
+    if not item.startswith("--config."):
+      raise UserError(f"unrecognized argument {item!r} (see `jax3d --help`)")
+    body = item[len("--config."):]
+    if "=" not in body:
+      if i + 1 >= len(extra):
+        raise UserError(f"{item} needs a value: {item}=VALUE")
+      body += "=" + extra[i + 1]
+      i += 1
+    overrides.append(body)
+    i += 1
+  return overrides
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str) -> None:
+  p.add_argument("--config", default=default,
+                 help=f"config file and preset, PATH.py[:PRESET] or a shipped name "
+                      f"(default {default}); override any key with --config.KEY=VALUE")
+
+
+def _cmd_bench(args, overrides):
+  del overrides
+  from jax3d import bench
+  return bench.main(args)
+
+
+def _cmd_sample(args, overrides):
+  del overrides
+  from jax3d.priors import sampling
+  return sampling.sample_command(args)
+
+
+def _cmd_train_prior(args, overrides):
+  from jax3d import configuration
+  from jax3d.train import prior
+  cfg = configuration.apply_overrides(configuration.load(args.config, "default"), overrides)
+  summary = prior.train(args.workdir, cfg, export_to=args.export_to)
+  print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
+        f"(loss {summary['final_loss']:.4f}); prior folder: {summary.get('exported', '-')}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="jax3d", description="Text-to-3D by distilling 2D diffusion priors.")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+  sub.required = True
+
+  p = sub.add_parser("bench", help="benchmarks: render speed, prior quality, solids quality")
+  p.add_argument("what", choices=["render"], help="which benchmark to run")
+  p.add_argument("--out", default=None, help="also write the results as JSON to this file")
+  p.add_argument("--repeats", type=int, default=5, help="timed repetitions per row")
+  p.add_argument("--quick", action="store_true", help="tiny sizes (for smoke tests)")
+  p.set_defaults(handler=_cmd_bench)
+
+  p = sub.add_parser("sample", help="draw images from a 2D prior with DDIM (a grid PNG)")
+  p.add_argument("prompt", help="text prompt, e.g. 'a blue cone'")
+  p.add_argument("--prior", default="solids",
+                 help="'solids' (shipped), 'analytic' (exact, solids prompts only) or a "
+                      "diffusers folder")
+  p.add_argument("--num", type=int, default=8, help="number of images")
+  p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+  p.add_argument("--guidance-scale", type=float, default=None,
+                 help="classifier-free guidance scale (default: the prior's own)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--allow-pickle", action="store_true",
+                 help="allow loading .bin/.ckpt weights (unpickling runs code: trusted files only)")
+  p.add_argument("--out", default="samples.png", help="output grid PNG")
+  p.set_defaults(handler=_cmd_sample)
+
+  p = sub.add_parser("train-prior", help="train the solids prior (resumes from --workdir)")
+  p.add_argument("--workdir", required=True, help="run folder (checkpoints, logs, samples)")
+  _add_config_args(p, "solids_prior:default")
+  p.add_argument("--export-to", default=None,
+                 help="where to write the trained diffusers folder "
+                      "(default WORKDIR/solids-prior)")
+  p.set_defaults(handler=_cmd_train_prior)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = build_parser()
+  try:
+    args, extra = parser.parse_known_args(argv)
+    overrides = _split_overrides(extra)
+    handler: Callable = args.handler
+    code = handler(args, overrides)
+  except UserError as e:
+    print(f"jax3d: error: {e}", file=sys.stderr)
+    return EXIT_USER_ERROR
+  except KeyboardInterrupt:
+    print("jax3d: interrupted", file=sys.stderr)
+    return 130
+  return int(code or 0)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Turn trained fields into meshes and turntable videos."""

@@ -1,0 +1,1 @@
+"""Distillation guidance: SDS, SJC (perturb-and-average scoring), VSD; timestep schedules."""

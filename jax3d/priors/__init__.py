@@ -1,0 +1,1 @@
+"""2D diffusion priors behind one interface (see base.py)."""

@@ -1,0 +1,172 @@
+"""The solids prior's networks: a small Flax UNet and CLIP text encoder, saved in diffusers layout.
+
+Pixel-space ε-prediction at 32×32 RGB. The text encoder is trained jointly with the UNet
+(it starts random: the solids vocabulary is tiny). The folder written by `save_folder` has
+`model_index.json`, `unet/`, `text_encoder/`, `tokenizer/` and `scheduler/` and no `vae/`,
+so `jax3d.priors.diffusers` loads it as a pixel-space prior with no special case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jax3d import cameras
+from jax3d.priors import _quiet  # noqa: F401  (silences the Flax deprecation warnings)
+from jax3d.priors import tokenizer as tokenizer_lib
+from jax3d.solids import scenes
+
+import diffusers  # pylint: disable=g-import-not-at-top
+import transformers  # pylint: disable=g-import-not-at-top
+
+VOCAB_WORDS = (("a", "an", "view", ",") + scenes.SOLIDS + scenes.COLOURS +
+               cameras.VIEW_LABELS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  resolution: int = 32
+  block_out_channels: tuple[int, ...] = (32, 64, 64)
+  # Cross-attention only in the lowest-resolution block (and the mid block): attention at
+  # full resolution dominates CPU step time (DESIGN.md measurements).
+  down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
+  up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+  layers_per_block: int = 1
+  attention_head_dim: int = 8
+  text_hidden: int = 64
+  text_layers: int = 2
+  text_heads: int = 4
+  max_length: int = 16
+  beta_schedule: str = "scaled_linear"
+  beta_start: float = 0.00085
+  beta_end: float = 0.012
+  num_train_timesteps: int = 1000
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> "ModelConfig":
+    d = dict(cfg)
+    for k in ("block_out_channels", "down_block_types", "up_block_types"):
+      d[k] = tuple(d[k])
+    return cls(**d)
+
+
+def unet_config(cfg: ModelConfig) -> dict[str, Any]:
+  return dict(sample_size=cfg.resolution, in_channels=3, out_channels=3,
+              down_block_types=list(cfg.down_block_types),
+              up_block_types=list(cfg.up_block_types),
+              block_out_channels=list(cfg.block_out_channels),
+              layers_per_block=cfg.layers_per_block,
+              attention_head_dim=cfg.attention_head_dim,
+              cross_attention_dim=cfg.text_hidden)
+
+
+def text_config(cfg: ModelConfig) -> transformers.CLIPTextConfig:
+  vocab = tokenizer_lib.build_vocab(VOCAB_WORDS)[0]
+  return transformers.CLIPTextConfig(
+      vocab_size=len(vocab), hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
+      num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+      max_position_embeddings=cfg.max_length, bos_token_id=vocab[tokenizer_lib.BOS],
+      eos_token_id=vocab[tokenizer_lib.EOS], pad_token_id=vocab[tokenizer_lib.EOS])
+
+
+def scheduler_config(cfg: ModelConfig) -> dict[str, Any]:
+  return dict(_class_name="FlaxDDIMScheduler", beta_start=cfg.beta_start,
+              beta_end=cfg.beta_end, beta_schedule=cfg.beta_schedule,
+              num_train_timesteps=cfg.num_train_timesteps, clip_sample=False,
+              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+              timestep_spacing="leading")
+
+
+def alphas_cumprod(cfg: ModelConfig) -> jax.Array:
+  """ᾱ_t of the DDPM schedule (diffusers' 'linear' and 'scaled_linear' definitions)."""
+  import numpy as np  # float64 for the product, as diffusers does.
+  n = cfg.num_train_timesteps
+  if cfg.beta_schedule == "scaled_linear":
+    betas = np.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, n, dtype=np.float64)**2
+  elif cfg.beta_schedule == "linear":
+    betas = np.linspace(cfg.beta_start, cfg.beta_end, n, dtype=np.float64)
+  else:
+    raise ValueError(f"unknown beta_schedule {cfg.beta_schedule}")
+  return jnp.asarray(np.cumprod(1.0 - betas), jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """The two Flax modules; their params live in a plain dict {'unet': ..., 'text': ...}."""
+  unet: Any
+  text: Any
+  cfg: ModelConfig
+
+
+def build(cfg: ModelConfig) -> Networks:
+  unet = diffusers.FlaxUNet2DConditionModel(**unet_config(cfg))
+  text = transformers.FlaxCLIPTextModel(text_config(cfg), _do_init=False)
+  return Networks(unet=unet, text=text, cfg=cfg)
+
+
+def init_params(nets: Networks, key: jax.Array) -> dict[str, Any]:
+  k_unet, k_text = jax.random.split(key)
+  unet_params = nets.unet.init_weights(k_unet)
+  text_params = nets.text.init_weights(k_text, (1, nets.cfg.max_length))
+  return {"unet": unet_params, "text": text_params}
+
+
+def encode_text(nets: Networks, text_params, input_ids: jax.Array) -> jax.Array:
+  """(B, L) token ids -> (B, L, D) last hidden states (the UNet's cross-attention context)."""
+  return nets.text(input_ids, params=text_params, train=False)[0]
+
+
+def predict_eps(nets: Networks, unet_params, x_t: jax.Array, t: jax.Array,
+                context: jax.Array) -> jax.Array:
+  """ε̂(x_t, t, context) with NHWC in and out (the diffusers UNet is NCHW)."""
+  out = nets.unet.apply({"params": unet_params}, jnp.transpose(x_t, (0, 3, 1, 2)), t, context,
+                        train=False).sample
+  return jnp.transpose(out, (0, 2, 3, 1))
+
+
+def count_params(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def save_folder(nets: Networks, params: dict[str, Any], folder: str,
+                extra_files: dict[str, str] | None = None) -> None:
+  """Writes a diffusers-layout folder atomically (a temp folder renamed into place)."""
+  parent = os.path.dirname(os.path.abspath(folder)) or "."
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-prior-")
+  try:
+    host = jax.device_get(params)
+    nets.unet.save_pretrained(os.path.join(tmp, "unet"), params=host["unet"])
+    text_model = transformers.FlaxCLIPTextModel(nets.text.config, _do_init=False)
+    text_model.save_pretrained(os.path.join(tmp, "text_encoder"), params=host["text"])
+    tokenizer_lib.write_clip_tokenizer(os.path.join(tmp, "tokenizer"), VOCAB_WORDS,
+                                       nets.cfg.max_length)
+    os.makedirs(os.path.join(tmp, "scheduler"))
+    with open(os.path.join(tmp, "scheduler", "scheduler_config.json"), "w") as f:
+      json.dump(scheduler_config(nets.cfg), f, indent=2)
+    with open(os.path.join(tmp, "model_index.json"), "w") as f:
+      json.dump({"_class_name": "FlaxStableDiffusionPipeline",
+                 "_diffusers_version": diffusers.__version__,
+                 "unet": ["diffusers", "FlaxUNet2DConditionModel"],
+                 "text_encoder": ["transformers", "FlaxCLIPTextModel"],
+                 "tokenizer": ["transformers", "CLIPTokenizer"],
+                 "scheduler": ["diffusers", "FlaxDDIMScheduler"],
+                 "jax3d": {"resolution": nets.cfg.resolution, "pixel_space": True}},
+                f, indent=2)
+    for name, text in (extra_files or {}).items():
+      with open(os.path.join(tmp, name), "w") as f:
+        f.write(text)
+    if os.path.exists(folder):
+      shutil.rmtree(folder)
+    os.replace(tmp, folder)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)

@@ -1,0 +1,1 @@
+"""Differentiable renderers: volume rendering (NeRF, voxels) and rasterization (meshes)."""

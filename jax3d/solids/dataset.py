@@ -1,0 +1,106 @@
+"""The solids prior's training set: rendered views of the 30 coloured solids and their captions.
+
+Every image is one object (solid × colour) from a camera of the shared distribution. Its
+caption is drawn per training step, inside the jitted step, from a small table of variants:
+- `a {colour} {solid}` or the colourless `a {solid}` (which thereby covers every palette colour),
+- with the DreamFusion view suffix of the image's own camera, or without,
+- with the right article ("an orange cone") or the other one ("a orange cone"),
+- or the empty prompt (classifier-free guidance dropout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax3d import cameras
+from jax3d.solids import render, scenes
+
+NUM_OBJECTS = len(scenes.SOLIDS) * len(scenes.COLOURS)
+# Caption variant axes: view (none + the 4 labels), colour given or not, article right or not.
+NUM_VIEWS = 1 + len(cameras.VIEW_LABELS)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionProbs:
+  drop: float = 0.1  # empty prompt, for classifier-free guidance
+  colourless: float = 0.3
+  view_suffix: float = 0.5
+  other_article: float = 0.2
+
+
+def object_of(index: int) -> tuple[str, str]:
+  """(solid, colour) of object `index` (solid-major order, as colour_prompts())."""
+  return (scenes.SOLIDS[index // len(scenes.COLOURS)],
+          scenes.COLOURS[index % len(scenes.COLOURS)])
+
+
+def caption_texts() -> list[str]:
+  """Every caption variant, indexed by `caption_index`, then the empty prompt last."""
+  texts = []
+  for o in range(NUM_OBJECTS):
+    solid, colour = object_of(o)
+    for v in range(NUM_VIEWS):
+      view = None if v == 0 else cameras.VIEW_LABELS[v - 1]
+      for colourless in (0, 1):
+        for other in (0, 1):
+          c = None if colourless else colour
+          noun = f"{c} {solid}" if c else solid
+          right = "an" if noun[0] in "aeiou" else "a"
+          article = ({"a": "an", "an": "a"}[right]) if other else right
+          texts.append(scenes.prompt_for(solid, c, view, article))
+  texts.append("")
+  return texts
+
+
+def caption_index(obj, view, colourless, other_article):
+  return ((obj * NUM_VIEWS + view) * 2 + colourless) * 2 + other_article
+
+
+def empty_caption_index() -> int:
+  return NUM_OBJECTS * NUM_VIEWS * 4
+
+
+def sample_captions(key: jax.Array, obj: jax.Array, view_label: jax.Array,
+                    probs: CaptionProbs = CaptionProbs()) -> jax.Array:
+  """Caption indices for a batch of images (objects and their cameras' view labels)."""
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  shape = obj.shape
+  with_view = jax.random.bernoulli(k1, probs.view_suffix, shape)
+  colourless = jax.random.bernoulli(k2, probs.colourless, shape).astype(jnp.int32)
+  other = jax.random.bernoulli(k3, probs.other_article, shape).astype(jnp.int32)
+  drop = jax.random.bernoulli(k4, probs.drop, shape)
+  view = jnp.where(with_view, view_label + 1, 0)
+  idx = caption_index(obj, view, colourless, other)
+  return jnp.where(drop, empty_caption_index(), idx)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  images: np.ndarray  # (N, H, W, 3) float32 in [0, 1]
+  objects: np.ndarray  # (N,) int32 object index
+  view_labels: np.ndarray  # (N,) int32 index into cameras.VIEW_LABELS
+
+
+def build(key: jax.Array, views_per_object: int, resolution: int = 32,
+          supersample: int = 2, batch: int = 256) -> Dataset:
+  """Renders every object from `views_per_object` random cameras of the shared distribution."""
+  cam_cfg = cameras.CameraConfig(height=resolution, width=resolution)
+  n = NUM_OBJECTS * views_per_object
+  objects = np.repeat(np.arange(NUM_OBJECTS, dtype=np.int32), views_per_object)
+  cams = cameras.sample(key, n, cam_cfg)
+  solid = objects // len(scenes.COLOURS)
+  rgb = scenes.palette()[objects % len(scenes.COLOURS)]
+  images = []
+  for s in range(0, n, batch):
+    sl = slice(s, s + batch)
+    cam = cameras.Camera(c2w=cams.c2w[sl], fov_y=cams.fov_y[sl], height=resolution,
+                         width=resolution)
+    images.append(np.asarray(render.render_batch(solid[sl], rgb[sl], cam,
+                                                 supersample=supersample)["image"]))
+  az, el, _ = cameras.to_spherical(cams)
+  return Dataset(images=np.concatenate(images).astype(np.float32), objects=objects,
+                 view_labels=np.asarray(cameras.view_index(az, el), np.int32))

@@ -1,0 +1,1 @@
+"""Systems wire fields, renderers, priors and guidance into pure init / train_step functions."""

@@ -1,0 +1,1 @@
+"""The impure side: training loop, checkpoints, logging, device meshes."""

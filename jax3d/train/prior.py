@@ -1,0 +1,177 @@
+"""Training the solids prior (`jax3d train-prior`): ε-prediction on captioned solids renders.
+
+Loss (Ho et al. 2020, Eq. 14): E_{x0, c, t, ε} ‖ε − ε̂(√ᾱ_t x0 + √(1−ᾱ_t) ε, t, c)‖² with the
+text encoder trained jointly, captions dropped to "" 10 % of the time (classifier-free
+guidance, Ho & Salimans 2022), an EMA of the weights exported at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jax3d import configuration
+from jax3d.priors import ddim, solids_model
+from jax3d.solids import dataset as dataset_lib
+from jax3d.train import loop
+from jax3d.train.checkpoint import Checkpointer
+from jax3d.train.logging import Logger
+
+PREVIEW_PROMPTS = ("a red cube", "an orange sphere", "a yellow cylinder", "a green cone",
+                   "a blue torus", "a purple cone", "a cube", "a torus, side view")
+
+
+def _tokenize(texts, folder_words_max_length):
+  from transformers import CLIPTokenizer  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from jax3d.priors import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as d:
+    tokenizer_lib.write_clip_tokenizer(d, solids_model.VOCAB_WORDS, folder_words_max_length)
+    tok = CLIPTokenizer.from_pretrained(d)
+  ids = tok(list(texts), padding="max_length", max_length=folder_words_max_length,
+            truncation=True).input_ids
+  return np.asarray(ids, np.int32)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  t = cfg.train
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, t.learning_rate, t.warmup_steps, max(t.num_steps, t.warmup_steps + 1),
+      t.end_learning_rate)
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adamw(schedule,
+                                                                          weight_decay=0.0))
+
+
+def make_step(nets: solids_model.Networks, tx: optax.GradientTransformation,
+              cfg: ml_collections.ConfigDict, alphas_cumprod: jax.Array):
+  """The jitted train step over (state, data, key); data stays on device as arguments."""
+  probs = dataset_lib.CaptionProbs(drop=cfg.data.drop, colourless=cfg.data.colourless,
+                                   view_suffix=cfg.data.view_suffix,
+                                   other_article=cfg.data.other_article)
+  batch, ema_decay, hflip = cfg.train.batch_size, cfg.train.ema_decay, cfg.data.hflip
+  num_t = alphas_cumprod.shape[0]
+
+  def loss_fn(params, data, key):
+    k_idx, k_cap, k_t, k_eps, k_flip = jax.random.split(key, 5)
+    idx = jax.random.randint(k_idx, (batch,), 0, data["images"].shape[0])
+    x0 = data["images"][idx] * 2.0 - 1.0
+    if hflip:
+      flip = jax.random.bernoulli(k_flip, 0.5, (batch, 1, 1, 1))
+      x0 = jnp.where(flip, x0[:, :, ::-1], x0)
+    caption = dataset_lib.sample_captions(k_cap, data["objects"][idx],
+                                          data["view_labels"][idx], probs)
+    context = solids_model.encode_text(nets, params["text"], data["tokens"][caption])
+    t = jax.random.randint(k_t, (batch,), 0, num_t)
+    eps = jax.random.normal(k_eps, x0.shape)
+    a = alphas_cumprod[t][:, None, None, None]
+    x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
+    eps_hat = solids_model.predict_eps(nets, params["unet"], x_t, t, context)
+    return jnp.mean((eps_hat - eps)**2)
+
+  @jax.jit
+  def step(state, data, key):
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], data, key)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema = optax.incremental_update(params, state["ema"], 1.0 - ema_decay)
+    new_state = {"params": params, "ema": ema, "opt_state": opt_state}
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  return step
+
+
+def train(workdir: str, cfg: ml_collections.ConfigDict, stop_after: int | None = None,
+          export_to: str | None = None, enable_bar: bool | None = None) -> dict[str, Any]:
+  """Trains (or resumes) the solids prior in `workdir`; exports the diffusers folder at the end."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(configuration.to_json(cfg))
+  model_cfg = solids_model.ModelConfig.from_config(cfg.model)
+  nets = solids_model.build(model_cfg)
+  alphas = solids_model.alphas_cumprod(model_cfg)
+  key = jax.random.key(cfg.seed)
+  k_data, k_init, k_train = jax.random.split(key, 3)
+
+  t0 = time.perf_counter()
+  ds = dataset_lib.build(k_data, cfg.data.views_per_object, model_cfg.resolution,
+                         cfg.data.supersample)
+  texts = dataset_lib.caption_texts()
+  data = {"images": jnp.asarray(ds.images), "objects": jnp.asarray(ds.objects),
+          "view_labels": jnp.asarray(ds.view_labels),
+          "tokens": jnp.asarray(_tokenize(texts, model_cfg.max_length))}
+  data_time = time.perf_counter() - t0
+
+  params = solids_model.init_params(nets, k_init)
+  tx = make_optimizer(cfg)
+  state = {"params": params, "ema": params, "opt_state": tx.init(params)}
+  step = make_step(nets, tx, cfg, alphas)
+
+  preview_tokens = _tokenize(list(PREVIEW_PROMPTS) + [""], model_cfg.max_length)
+  sample_fn = make_sampler(nets, alphas, preview_tokens[:-1], preview_tokens[-1],
+                           cfg.sample_guidance_scale, model_cfg.resolution)
+  logger = Logger(workdir, cfg.train.num_steps, desc="train-prior", enable_bar=enable_bar)
+
+  def preview(step_idx, st):
+    from jax3d.export import video  # pylint: disable=g-import-not-at-top
+    images = sample_fn(st["ema"], jax.random.key(1234))
+    grid = video.image_grid(np.asarray(images), ncols=len(PREVIEW_PROMPTS))
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    video.write_png(os.path.join(workdir, "samples", f"step_{step_idx:06d}.png"), grid)
+    logger.image(step_idx, "samples", grid)
+
+  schedule = loop.Schedule(num_steps=cfg.train.num_steps, log_every=cfg.log_every,
+                           checkpoint_every=cfg.checkpoint_every,
+                           preview_every=cfg.sample_every)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    result = loop.run(lambda s, k: step(s, data, k), state, k_train, schedule, workdir,
+                      checkpointer, logger, preview_fn=preview if cfg.sample_every else None,
+                      meta={"config": cfg.to_dict()}, stop_after=stop_after)
+  finally:
+    logger.close()
+    checkpointer.close()
+  summary = {"step": result.step, "final_loss": result.metrics.get("loss"),
+             "wall_time_s": result.wall_time, "compile_time_s": result.compile_time,
+             "data_time_s": data_time, "resumed_from": result.resumed_from,
+             "unet_params": solids_model.count_params(params["unet"]),
+             "text_params": solids_model.count_params(params["text"]),
+             "device": jax.devices()[0].device_kind}
+  if result.step >= cfg.train.num_steps:
+    folder = export_to or os.path.join(workdir, "solids-prior")
+    solids_model.save_folder(nets, result.state["ema"], folder)
+    summary["exported"] = folder
+  with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+    json.dump(summary, f, indent=2, default=str)
+  return summary
+
+
+def make_sampler(nets, alphas_cumprod, tokens: np.ndarray, empty_tokens: np.ndarray,
+                 guidance_scale: float, resolution: int, num_steps: int = 25):
+  """jit'd `sample(params, key) -> images in [0, 1]`, one image per row of `tokens`."""
+  n = tokens.shape[0]
+  empty = np.repeat(empty_tokens[None], n, 0)
+
+  @jax.jit
+  def sample(params, key):
+    ctx = solids_model.encode_text(nets, params["text"], jnp.asarray(tokens))
+    unc = solids_model.encode_text(nets, params["text"], jnp.asarray(empty))
+
+    def eps_fn(x, t):
+      both = solids_model.predict_eps(nets, params["unet"], jnp.concatenate([x, x]),
+                                      jnp.concatenate([t, t]), jnp.concatenate([unc, ctx]))
+      e_u, e_c = jnp.split(both, 2)
+      return e_u + guidance_scale * (e_c - e_u)
+
+    x0 = ddim.ddim_loop(eps_fn, key, (n, resolution, resolution, 3), alphas_cumprod,
+                        num_steps, clip_x0=1.0)
+    return jnp.clip((x0 + 1.0) / 2.0, 0.0, 1.0)
+
+  return sample
