@@ -70,6 +70,24 @@ def _cmd_train_prior(args, overrides):
   return 0
 
 
+def _cmd_generate(args, overrides):
+  from jax3d import configuration
+  from jax3d.train import runner
+  if args.method not in runner.METHODS:
+    raise UserError(f"unknown method {args.method!r}; choose one of {', '.join(runner.METHODS)}")
+  spec = args.config or runner.DEFAULT_CONFIGS[args.method]
+  cfg = configuration.apply_overrides(configuration.load(spec), overrides)
+  if args.particles is not None:
+    cfg.num_particles = args.particles
+  summary = runner.generate(args.prompt, args.workdir, args.method, args.prior, cfg,
+                            overwrite=args.overwrite, dtype=args.dtype,
+                            allow_pickle=args.allow_pickle)
+  if "particles" in summary:
+    print(f"done: {summary['steps']} steps in {summary['total_time_s']:.0f} s; results in "
+          f"{args.workdir}/final")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="jax3d", description="Text-to-3D by distilling 2D diffusion priors.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -80,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default=None, help="also write the results as JSON to this file")
   p.add_argument("--repeats", type=int, default=5, help="timed repetitions per row")
   p.add_argument("--quick", action="store_true", help="tiny sizes (for smoke tests)")
+  p.add_argument("--grid", choices=["toy", "sd"], default="toy",
+                 help="hash-grid scale for `bench render`")
   p.set_defaults(handler=_cmd_bench)
 
   p = sub.add_parser("sample", help="draw images from a 2D prior with DDIM (a grid PNG)")
@@ -97,6 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
                  help="allow loading .bin/.ckpt weights (unpickling runs code: trusted files only)")
   p.add_argument("--out", default="samples.png", help="output grid PNG")
   p.set_defaults(handler=_cmd_sample)
+
+  p = sub.add_parser("generate", help="text to 3D: train a field on a prompt and export it")
+  p.add_argument("prompt", help="text prompt, e.g. 'a red cube'")
+  p.add_argument("--workdir", required=True, help="run folder; rerun to resume")
+  p.add_argument("--method", default="sds", help="distillation method: sds")
+  p.add_argument("--prior", default="solids",
+                 help="'solids' (shipped), 'analytic' (exact, solids prompts) or a diffusers "
+                      "folder")
+  p.add_argument("--particles", type=int, default=None, help="number of particles P")
+  p.add_argument("--config", default=None,
+                 help="config PATH.py[:PRESET] or shipped name (default: the method's toy "
+                      "preset); override keys with --config.KEY=VALUE")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a different run found in --workdir")
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--allow-pickle", action="store_true",
+                 help="allow loading .bin/.ckpt weights (unpickling runs code: trusted files only)")
+  p.set_defaults(handler=_cmd_generate)
 
   p = sub.add_parser("train-prior", help="train the solids prior (resumes from --workdir)")
   p.add_argument("--workdir", required=True, help="run folder (checkpoints, logs, samples)")

@@ -86,7 +86,7 @@ class Dataset:
 
 
 def build(key: jax.Array, views_per_object: int, resolution: int = 32,
-          supersample: int = 2, batch: int = 256) -> Dataset:
+          supersample: int = 2, batch: int = 192, num_steps: int = 64) -> Dataset:
   """Renders every object from `views_per_object` random cameras of the shared distribution."""
   cam_cfg = cameras.CameraConfig(height=resolution, width=resolution)
   n = NUM_OBJECTS * views_per_object
@@ -95,12 +95,33 @@ def build(key: jax.Array, views_per_object: int, resolution: int = 32,
   solid = objects // len(scenes.COLOURS)
   rgb = scenes.palette()[objects % len(scenes.COLOURS)]
   images = []
-  for s in range(0, n, batch):
-    sl = slice(s, s + batch)
-    cam = cameras.Camera(c2w=cams.c2w[sl], fov_y=cams.fov_y[sl], height=resolution,
-                         width=resolution)
-    images.append(np.asarray(render.render_batch(solid[sl], rgb[sl], cam,
-                                                 supersample=supersample)["image"]))
+  for s in range(0, n, batch):  # One solid per chunk: only its SDF is evaluated.
+    sl = slice(s, min(s + batch, n))
+    for solid_index in np.unique(solid[sl]):
+      rows = np.arange(sl.start, sl.stop)[solid[sl] == solid_index]
+      cam = cameras.Camera(c2w=cams.c2w[rows], fov_y=cams.fov_y[rows], height=resolution,
+                           width=resolution)
+      images.append(np.asarray(render.render_batch(
+          scenes.SOLIDS[solid_index], rgb[rows], cam, supersample=supersample,
+          num_steps=num_steps)["image"]))
   az, el, _ = cameras.to_spherical(cams)
   return Dataset(images=np.concatenate(images).astype(np.float32), objects=objects,
                  view_labels=np.asarray(cameras.view_index(az, el), np.int32))
+
+
+def build_cached(path: str, key: jax.Array, views_per_object: int, resolution: int = 32,
+                 supersample: int = 2) -> Dataset:
+  """`build`, memoized in an .npz file keyed by its arguments (resumed runs skip the render)."""
+  import os  # pylint: disable=g-import-not-at-top
+  signature = np.asarray([views_per_object, resolution, supersample,
+                          *np.asarray(jax.random.key_data(key)).ravel()], np.int64)
+  if os.path.exists(path):
+    with np.load(path) as f:
+      if np.array_equal(f["signature"], signature):
+        return Dataset(images=f["images"], objects=f["objects"], view_labels=f["view_labels"])
+  ds = build(key, views_per_object, resolution, supersample)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, signature=signature, images=ds.images, objects=ds.objects,
+           view_labels=ds.view_labels)
+  os.replace(tmp, path)
+  return ds

@@ -62,8 +62,7 @@ def _render_rays(solid, rgb, origins, directions, light, ambient, num_steps):
   return jax.vmap(one)(origins, directions)
 
 
-@functools.partial(jax.jit, static_argnames=("supersample", "num_steps"))
-def render(solid, rgb, camera: cameras.Camera, supersample: int = 1,
+def _render_one(solid, rgb, camera: cameras.Camera, supersample: int = 1,
            ambient: float = AMBIENT, num_steps: int = 96) -> dict[str, jax.Array]:
   """Renders one solid (name index, traced ok) with albedo `rgb` (3,) from one camera.
 
@@ -89,10 +88,34 @@ def render(solid, rgb, camera: cameras.Camera, supersample: int = 1,
           "depth": jnp.where(hits > 0, depth_sum / jnp.maximum(hits, 1e-8), 0.0)}
 
 
-def render_batch(solid, rgb, camera: cameras.Camera, supersample: int = 1,
-                 ambient: float = AMBIENT, num_steps: int = 96) -> dict[str, jax.Array]:
-  """`render` vmapped over a leading batch axis of solid, rgb and camera."""
-  fn = lambda sol, col, c2w, fov: render(
+render = jax.jit(_render_one, static_argnames=("supersample", "num_steps"))
+
+
+def _render_many(solid, rgb, camera: cameras.Camera, supersample: int, ambient: float,
+                 num_steps: int) -> dict[str, jax.Array]:
+  if isinstance(solid, str):
+    fn = lambda col, c2w, fov: _render_one(
+        solid, col, cameras.Camera(c2w=c2w, fov_y=fov, height=camera.height,
+                                   width=camera.width),
+        supersample=supersample, ambient=ambient, num_steps=num_steps)
+    return jax.vmap(fn)(jnp.asarray(rgb), camera.c2w, camera.fov_y)
+  fn = lambda sol, col, c2w, fov: _render_one(
       sol, col, cameras.Camera(c2w=c2w, fov_y=fov, height=camera.height, width=camera.width),
       supersample=supersample, ambient=ambient, num_steps=num_steps)
   return jax.vmap(fn)(jnp.asarray(solid), jnp.asarray(rgb), camera.c2w, camera.fov_y)
+
+
+_render_many_static = jax.jit(_render_many,
+                              static_argnames=("solid", "supersample", "num_steps"))
+_render_many_traced = jax.jit(_render_many, static_argnames=("supersample", "num_steps"))
+
+
+def render_batch(solid, rgb, camera: cameras.Camera, supersample: int = 1,
+                 ambient: float = AMBIENT, num_steps: int = 96) -> dict[str, jax.Array]:
+  """`render` over a leading batch axis of rgb and camera (and solid, unless a name).
+
+  A solid given by name (one for the whole batch) evaluates only its own SDF; an array of
+  solid indices evaluates all five and selects (several times slower).
+  """
+  fn = _render_many_static if isinstance(solid, str) else _render_many_traced
+  return fn(solid, rgb, camera, supersample=supersample, ambient=ambient, num_steps=num_steps)

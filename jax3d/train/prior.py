@@ -101,8 +101,9 @@ def train(workdir: str, cfg: ml_collections.ConfigDict, stop_after: int | None =
   k_data, k_init, k_train = jax.random.split(key, 3)
 
   t0 = time.perf_counter()
-  ds = dataset_lib.build(k_data, cfg.data.views_per_object, model_cfg.resolution,
-                         cfg.data.supersample)
+  ds = dataset_lib.build_cached(os.path.join(workdir, "dataset.npz"), k_data,
+                               cfg.data.views_per_object, model_cfg.resolution,
+                               cfg.data.supersample)
   texts = dataset_lib.caption_texts()
   data = {"images": jnp.asarray(ds.images), "objects": jnp.asarray(ds.objects),
           "view_labels": jnp.asarray(ds.view_labels),

@@ -1,0 +1,233 @@
+"""`jax3d bench WHAT`: speed and quality benchmarks, printed as a table and written as JSON.
+
+`BENCHMARKS` maps a benchmark name to a function `(args) -> rows` (a list of flat dicts, one
+per measured case); `main` adds the device and version header, prints the rows with
+`print_table` and writes everything with `write_json`. Later benchmarks (`prior`, `solids`)
+register beside `render`.
+
+`render` measures the hash-grid NeRF volume renderer: forward and forward+backward (gradient
+of the mean rendered albedo with respect to all field params, stratified samples) throughput
+for 64² and 128² images at 64 and 128 samples per ray, the same with per-sample normals
+(finite-difference and analytic) at 64² × 64, and the hash encoding alone. Times exclude
+compilation (ahead-of-time `lower().compile()`, reported separately as compile_s); each
+repetition ends with `block_until_ready`, and the median is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from jax3d.errors import UserError
+
+Row = dict[str, Any]
+
+
+def _format(value: Any) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return str(value)
+  if isinstance(value, int):
+    return f"{value:,}"
+  if value == 0 or 1e-3 <= abs(value) < 1e3:
+    return f"{value:.4g}"
+  if abs(value) >= 1e3 and abs(value) < 1e12:
+    return f"{value:,.0f}"
+  return f"{value:.3e}"
+
+
+def print_table(rows: Sequence[Row], title: str | None = None, file=None) -> None:
+  """Prints rows (dicts with the same keys, in order) as an aligned text table."""
+  file = file or sys.stdout
+  if title:
+    print(title, file=file)
+  if not rows:
+    print("(no rows)", file=file)
+    return
+  columns = list(rows[0])
+  for row in rows[1:]:
+    columns += [k for k in row if k not in columns]
+  cells = [[_format(row.get(c)) for c in columns] for row in rows]
+  widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+  line = "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                   for i, (c, w) in enumerate(zip(columns, widths)))
+  print(line, file=file)
+  print("-" * len(line), file=file)
+  for r in cells:
+    print("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                    for i, (v, w) in enumerate(zip(r, widths))), file=file)
+  file.flush()
+
+
+def write_json(path: str, payload: Any) -> None:
+  """Writes `payload` as indented JSON, creating parent folders."""
+  parent = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(payload, f, indent=2, sort_keys=False, default=str)
+      f.write("\n")
+  except OSError as e:
+    raise UserError(f"cannot write benchmark results to {path}: {e}") from e
+
+
+def time_compiled(fn: Callable, args: Sequence[Any], repeats: int) -> tuple[float, float]:
+  """(compile seconds, median run seconds) of `jax.jit(fn)(*args)`, compile excluded."""
+  import jax
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(*args))  # warm-up: first-run allocations
+  times = []
+  for _ in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  return compile_s, statistics.median(times)
+
+
+def _repeats(args) -> int:
+  if args.repeats < 1:
+    raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+  return min(args.repeats, 2) if args.quick else args.repeats
+
+
+def _render_grid(args):
+  from jax3d.fields import hashgrid
+  name = getattr(args, "grid", None) or "toy"
+  return name, hashgrid.HashGridConfig.preset(name)
+
+
+def render_settings(args) -> dict[str, Any]:
+  """What `bench_render` measures with these args (for the header and the JSON)."""
+  from jax3d.fields import nerf
+  name, grid = _render_grid(args)
+  cfg = nerf.NeRFConfig(hashgrid=grid)
+  return {"grid": name, "nerf": dataclasses.asdict(cfg),
+          "grid_label": (f"{name} hash grid: L={grid.num_levels} F={grid.features_per_level} "
+                         f"T=2^{grid.log2_table_size} N={grid.base_resolution}.."
+                         f"{grid.max_resolution} (f32); MLP {cfg.num_hidden_layers}x"
+                         f"{cfg.hidden_dim}; {cfg.density_activation} density; albedo "
+                         f"render unless +normals (Lambertian)")}
+
+
+def bench_render(args) -> list[Row]:
+  """Hash-grid NeRF render and hash-encoding throughput rows."""
+  import jax
+  import jax.numpy as jnp
+  from jax3d import cameras
+  from jax3d.fields import hashgrid
+  from jax3d.fields import nerf
+  from jax3d.render import volume
+
+  _, grid = _render_grid(args)
+  if args.quick:
+    sizes, samples, normal_cases, num_points = (16,), (8,), (("finite_difference", 16, 8),), 4096
+  else:
+    sizes, samples, num_points = (64, 128), (64, 128), 2**18
+    normal_cases = (("finite_difference", 64, 64), ("analytic", 64, 64))
+  repeats = _repeats(args)
+
+  cfg = nerf.NeRFConfig(hashgrid=grid)
+  key = jax.random.PRNGKey(0)
+  params = nerf.init(key, cfg)
+  rows: list[Row] = []
+
+  def add(case, image, spp, rays, points, pass_, compile_s, seconds):
+    rows.append({"case": case, "pass": pass_, "image": image, "samples_per_ray": spp,
+                 "points": points, "compile_s": compile_s, "time_ms": seconds * 1e3,
+                 "rays_per_s": None if rays is None else rays / seconds,
+                 "samples_per_s": points / seconds})
+    print(f"  {case} {image or ''} {pass_}: {seconds * 1e3:.1f} ms", file=sys.stderr, flush=True)
+
+  # The encoding alone, on points in the unit cube.
+  x = jax.random.uniform(jax.random.PRNGKey(1), (num_points, 3))
+  table = params["encoding"]
+  enc = lambda t, x: hashgrid.encode(t, x, grid)
+  c, s = time_compiled(enc, (table, x), repeats)
+  add("encode", None, None, None, num_points, "forward", c, s)
+  enc_grad = jax.grad(lambda t, x: jnp.sum(hashgrid.encode(t, x, grid)))
+  c, s = time_compiled(enc_grad, (table, x), repeats)
+  add("encode", None, None, None, num_points, "forward+backward", c, s)
+
+  def render_fns(res, spp, normal_method):
+    cam = cameras.from_spherical(30.0, 15.0, 2.0, 40.0, res, res)
+    origins, dirs = cameras.rays(cam)
+    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    rcfg = volume.RenderConfig(num_samples=spp, bound=cfg.bound)
+    fcfg = cfg if normal_method is None else nerf.NeRFConfig(hashgrid=grid,
+                                                            normal_method=normal_method)
+    light = jnp.array([0.6, 0.3, 0.74])
+
+    def forward(p, k):
+      def field(points, _):
+        q = nerf.query(p, points, fcfg, with_normals=normal_method is not None)
+        if normal_method is not None:
+          q["albedo"] = nerf.shade(q["albedo"], q["normal"], light, 1)
+        return q
+      return volume.render_rays(field, origins, dirs, k, rcfg,
+                                background={"albedo": jnp.ones(3)})["albedo"]
+
+    loss = lambda p, k: jnp.mean(forward(p, k))
+    return forward, jax.grad(loss)
+
+  cases = [("nerf", r, s, None) for r in sizes for s in samples]
+  short = {"finite_difference": "fd", "analytic": "analytic"}
+  cases += [(f"nerf+normals({short[m]})", r, s, m) for m, r, s in normal_cases]
+  for name, res, spp, method in cases:
+    fwd, fwd_bwd = render_fns(res, spp, method)
+    rays = res * res
+    for pass_, fn in (("forward", fwd), ("forward+backward", fwd_bwd)):
+      c, s = time_compiled(fn, (params, jax.random.PRNGKey(2)), repeats)
+      add(name, f"{res}x{res}", spp, rays, rays * spp, pass_, c, s)
+  return rows
+
+
+BENCHMARKS: dict[str, Callable[[Any], list[Row]]] = {
+    "render": bench_render,
+}
+# Optional: name -> (args -> dict) describing a benchmark's settings for the header and JSON.
+SETTINGS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "render": render_settings,
+}
+
+
+def main(args) -> int:
+  """Runs the benchmark `args.what`; prints its table and writes JSON to `args.out` if set."""
+  if args.what not in BENCHMARKS:
+    raise UserError(f"unknown benchmark {args.what!r}; choose one of {', '.join(BENCHMARKS)}")
+  import jax
+  device = jax.devices()[0]
+  header = {
+      "benchmark": args.what,
+      "device": device.device_kind,
+      "platform": device.platform,
+      "device_count": jax.device_count(),
+      "jax_version": jax.__version__,
+      "quick": bool(args.quick),
+      "repeats": _repeats(args),
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+  settings = SETTINGS[args.what](args) if args.what in SETTINGS else {}
+  header["settings"] = settings
+  rows = BENCHMARKS[args.what](args)
+  title = (f"jax3d bench {args.what}: {header['device']} x{header['device_count']} "
+           f"({header['platform']}), jax {header['jax_version']}; median of "
+           f"{header['repeats']} runs, compile excluded{' (quick)' if args.quick else ''}")
+  if "grid_label" in settings:
+    title += f"\n{settings['grid_label']}"
+  print_table(rows, title=title)
+  if args.out:
+    write_json(args.out, {**header, "rows": rows})
+    print(f"wrote {args.out}")
+  return 0
+
+
+__all__ = ["BENCHMARKS", "main", "print_table", "write_json", "time_compiled", "bench_render"]

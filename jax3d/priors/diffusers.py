@@ -1,0 +1,498 @@
+"""Stable Diffusion (and the shipped solids prior) from a local folder in diffusers layout.
+
+The folder holds `model_index.json`, `unet/`, `text_encoder/`, `tokenizer/`, `scheduler/` and,
+for latent models, `vae/`; a folder without `vae/` is a pixel-space prior (x_t is the RGB image
+in [-1, 1]) — the shipped solids prior is one, loaded by this same code. Weights are read from
+Flax `*.msgpack` or PyTorch-layout `*.safetensors` and converted without torch: the model's
+parameter shapes come from `jax.eval_shape` of its initializer, the arrays from disk, and the
+key/shape check is strict (a config that does not match its weights is an error, never a silent
+random init). Pickle files (`.bin`, `.ckpt`, `.pt`) can run code when loaded, so they are
+refused unless the caller passes `allow_pickle=True` (and then need torch).
+
+Latent models: `encode` resizes its input (any H, W) bilinearly to `resolution` (512 for SD 1.x)
+and encodes with the VAE, using the posterior *mean* times the VAE's scaling factor (no key
+needed, so `encode` stays a pure function of the image). Renderers should produce
+`prior.render_resolution` images: 64×64 for latent models, upsampled to 512 inside `encode`, as
+the DreamFusion-SD implementations (stable-dreamfusion, threestudio) do — rendering at 512 costs
+64× more rays and the VAE sees no more detail than a 64-pixel NeRF render holds anyway.
+
+All diffusers/transformers imports of jax3d live in `jax3d.priors`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors
+import safetensors.numpy
+from flax import serialization
+from flax import traverse_util
+
+from jax3d.errors import UserError
+from jax3d.priors import _quiet  # noqa: F401  (silences the Flax deprecation notices; first)
+from jax3d.priors import base
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import diffusers
+from diffusers.models import modeling_flax_pytorch_utils as diffusers_pt_utils
+import transformers
+from transformers import modeling_flax_pytorch_utils as transformers_pt_utils
+# pylint: enable=g-import-not-at-top,g-bad-import-order
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SD_RENDER_RESOLUTION = 64
+DEFAULT_GUIDANCE_SCALE = 7.5
+DEFAULT_VAE_SCALING_FACTOR = 0.18215
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+# File names diffusers and transformers write; preferred when a folder holds several files.
+CANONICAL_WEIGHTS = ("diffusion_flax_model.msgpack", "flax_model.msgpack",
+                     "diffusion_pytorch_model.safetensors", "model.safetensors",
+                     "diffusion_pytorch_model.bin", "pytorch_model.bin")
+# Buffers PyTorch checkpoints carry that are not parameters of the Flax models.
+IGNORED_KEYS = ("position_ids",)
+_REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  text = text if len(text) < 300 else text[:297] + "..."
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+  if not path.is_file():
+    raise UserError(f"{path} is missing")
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path}: {_one_line(e)}") from None
+  if not isinstance(data, dict):
+    raise UserError(f"{path} is not a JSON object")
+  return data
+
+
+def resolve_dtype(dtype: str | Any) -> Any:
+  """'float32' | 'bfloat16' (or the jnp dtype) -> the jnp dtype."""
+  if isinstance(dtype, str):
+    if dtype not in DTYPES:
+      raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+    raise UserError(f"unsupported dtype {dtype}; use float32 or bfloat16")
+  return dtype
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+  """Casts every floating-point leaf of a pytree to `dtype` (diffusers' `to_bf16` is broken on
+  jax 0.10); integer leaves are left alone."""
+  def cast(x):
+    x = jnp.asarray(x)
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  return jax.tree.map(cast, tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight files.
+
+
+def find_weight_files(folder: pathlib.Path, allow_pickle: bool = False) -> list[pathlib.Path]:
+  """The weight file(s) of one component folder: msgpack, else safetensors, else (only with
+  `allow_pickle`) a pickle. Several candidates resolve to the canonical diffusers/transformers
+  name, or to the shards an `*.index.json` lists."""
+  files = sorted(p for p in folder.iterdir() if p.is_file())
+  groups = ([p for p in files if p.suffix == ".msgpack"],
+            [p for p in files if p.suffix == ".safetensors"])
+  pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+  for group in groups:
+    if group:
+      return _pick(folder, group)
+  if pickles:
+    if not allow_pickle:
+      raise UserError(
+          f"{folder} has only pickle weights ({', '.join(p.name for p in pickles)}), which can "
+          f"run code when loaded; convert them to .safetensors, or pass --allow-pickle "
+          f"(allow_pickle=True) if you trust the files")
+    return _pick(folder, pickles)
+  raise UserError(f"{folder} has no weights (*.safetensors or *.msgpack)")
+
+
+def _pick(folder: pathlib.Path, group: list[pathlib.Path]) -> list[pathlib.Path]:
+  if len(group) == 1:
+    return group
+  for name in CANONICAL_WEIGHTS:
+    if (folder / name).is_file() and folder / name in group:
+      return [folder / name]
+  suffix = group[0].suffix
+  for index in sorted(folder.glob(f"*{suffix}.index.json")):
+    weight_map = _read_json(index).get("weight_map", {})
+    shards = sorted({folder / str(v) for v in weight_map.values()})
+    missing = [s.name for s in shards if not s.is_file()]
+    if missing:
+      raise UserError(f"{index} lists shard(s) that are missing: {', '.join(missing)}")
+    if shards:
+      return shards
+  raise UserError(f"{folder} has several weight files ({', '.join(p.name for p in group)}) and "
+                  f"none is the canonical one; keep one")
+
+
+class _Tensor:
+  """A numpy array with the `.numpy()` method the diffusers converter expects of a tensor."""
+  __slots__ = ("array",)
+
+  def __init__(self, array: np.ndarray):
+    self.array = array
+
+  def numpy(self) -> np.ndarray:
+    return self.array
+
+
+def _read_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
+  try:
+    with safetensors.safe_open(str(path), framework="numpy") as f:
+      fmt = (f.metadata() or {}).get("format", "pt")
+    return safetensors.numpy.load_file(str(path)), fmt
+  except Exception as e:  # pylint: disable=broad-except  (safetensors raises its own types)
+    raise UserError(f"cannot read {path}: the file is corrupted or truncated "
+                    f"({_one_line(e)})") from None
+
+
+def _read_msgpack(path: pathlib.Path) -> dict[tuple[str, ...], Any]:
+  try:
+    with open(path, "rb") as f:
+      state = serialization.msgpack_restore(f.read())
+  except Exception as e:  # pylint: disable=broad-except  (msgpack raises many types)
+    raise UserError(f"cannot read {path}: the file is corrupted or truncated "
+                    f"({_one_line(e)})") from None
+  if not isinstance(state, dict):
+    raise UserError(f"cannot read {path}: it does not hold a tree of named arrays")
+  return traverse_util.flatten_dict(state)
+
+
+def _read_pickle(path: pathlib.Path) -> dict[str, np.ndarray]:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f"loading the pickle weights {path} needs torch, which is not installed; "
+                    f"convert them to .safetensors instead") from None
+  try:
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"cannot read {path}: {_one_line(e)}") from None
+  state = state.get("state_dict", state) if isinstance(state, dict) else state
+  if not isinstance(state, dict):
+    raise UserError(f"cannot read {path}: it does not hold a state dict")
+  return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+          for k, v in state.items() if hasattr(v, "numpy")}
+
+
+class _ShapesOnly:
+  """Stands in for a model in the diffusers/transformers converters: they only read the
+  parameter shapes, which `jax.eval_shape` gives without initializing anything."""
+
+  def __init__(self, shapes: Any, base_model_prefix: str = ""):
+    self.params = shapes
+    self.base_model_prefix = base_model_prefix
+
+  def init_weights(self, rng):
+    del rng
+    return self.params
+
+
+def load_state(folder: pathlib.Path, shapes: Any, library: str, allow_pickle: bool = False,
+               base_model_prefix: str = "") -> dict[str, Any]:
+  """Reads a component's weights and checks them against the `shapes` tree of its config.
+
+  `library` is 'diffusers' (UNet, VAE) or 'transformers' (CLIP): it picks the PyTorch->Flax
+  name converter (diffusers' `convert_pytorch_state_dict_to_flax` for the first).
+  Returns the nested param dict with numpy/jax leaves in their stored dtype.
+  """
+  paths = find_weight_files(folder, allow_pickle)
+  flat_shapes = traverse_util.flatten_dict(shapes)
+  if paths[0].suffix == ".msgpack":
+    if len(paths) > 1:
+      raise UserError(f"{folder}: sharded msgpack weights are not supported")
+    flat = _read_msgpack(paths[0])
+  else:
+    pt: dict[str, np.ndarray] = {}
+    fmt = "pt"
+    for path in paths:
+      if path.suffix == ".safetensors":
+        arrays, fmt = _read_safetensors(path)
+      else:
+        arrays = _read_pickle(path)
+      pt.update(arrays)
+    if not pt:
+      raise UserError(f"{paths[0]} holds no arrays")
+    where = paths[0] if len(paths) == 1 else folder
+    if fmt == "flax":  # A Flax model saved as safetensors: keys are the flattened Flax paths.
+      flat = {tuple(k.split(".")): v for k, v in pt.items()}
+    else:
+      try:
+        if library == "diffusers":
+          tree = diffusers_pt_utils.convert_pytorch_state_dict_to_flax(
+              {k: _Tensor(v) for k, v in pt.items()}, _ShapesOnly(shapes))
+        else:
+          tree = transformers_pt_utils.convert_pytorch_state_dict_to_flax(
+              pt, _ShapesOnly(shapes, base_model_prefix))
+      except (ValueError, AssertionError, KeyError) as e:
+        raise UserError(f"the weights in {where} do not match {folder.name}/config.json: "
+                        f"{_one_line(e)}") from None
+      flat = traverse_util.flatten_dict(tree)
+  _check_state(folder, flat, flat_shapes)
+  return traverse_util.unflatten_dict({k: flat[k] for k in flat_shapes})
+
+
+def _check_state(folder: pathlib.Path, flat: dict, flat_shapes: dict) -> None:
+  missing = sorted(k for k in flat_shapes if k not in flat)
+  unexpected = sorted(k for k in flat if k not in flat_shapes and k[-1] not in IGNORED_KEYS)
+  if missing or unexpected:
+    parts = []
+    if missing:
+      parts.append(f"{len(missing)} array(s) missing, e.g. {'.'.join(missing[0])}")
+    if unexpected:
+      parts.append(f"{len(unexpected)} unexpected, e.g. {'.'.join(map(str, unexpected[0]))}")
+    raise UserError(f"the weights in {folder} do not match its config.json: "
+                    f"{'; '.join(parts)}")
+  for k, spec in flat_shapes.items():
+    shape = tuple(getattr(flat[k], "shape", ()))
+    if shape != tuple(spec.shape):
+      raise UserError(f"the weights in {folder} do not match its config.json: "
+                      f"{'.'.join(k)} has shape {shape}, the config implies {tuple(spec.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Components.
+
+
+def _component_config(folder: pathlib.Path) -> dict[str, Any]:
+  return _read_json(folder / "config.json")
+
+
+def _build_diffusers_model(cls, folder: pathlib.Path, dtype) -> tuple[Any, Any]:
+  """Instantiates a diffusers Flax model from its config.json and gets its param shapes."""
+  config = _component_config(folder)
+  try:
+    model = cls.from_config(config, dtype=dtype)
+    shapes = jax.eval_shape(model.init_weights, jax.random.PRNGKey(0))
+  except Exception as e:  # pylint: disable=broad-except  (any bad config value)
+    raise UserError(f"{folder / 'config.json'} does not describe a valid {cls.__name__}: "
+                    f"{_one_line(e)}") from None
+  return model, shapes
+
+
+def _build_text_encoder(folder: pathlib.Path, dtype):
+  raw = _component_config(folder)
+  if raw.get("model_type", "clip_text_model") not in ("clip_text_model", "clip"):
+    raise UserError(f"{folder}: only CLIP text encoders are supported, not "
+                    f"{raw.get('model_type')!r}")
+  try:
+    config = transformers.CLIPTextConfig.from_pretrained(str(folder))
+    model = transformers.FlaxCLIPTextModel(config, dtype=dtype, _do_init=False)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"{folder / 'config.json'} does not describe a valid CLIP text encoder: "
+                    f"{_one_line(e)}") from None
+  return model, model.params_shape_tree
+
+
+def _load_tokenizer(folder: pathlib.Path):
+  try:
+    return transformers.CLIPTokenizer.from_pretrained(str(folder))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"cannot load the tokenizer in {folder}: {_one_line(e)}") from None
+
+
+def scheduler_alphas_cumprod(config: dict[str, Any], where: str = "scheduler") -> np.ndarray:
+  """ᾱ_t from a diffusers scheduler config (beta_start, beta_end, beta_schedule,
+  num_train_timesteps or trained_betas), computed in float64 as diffusers defines it."""
+  try:
+    if config.get("trained_betas") is not None:
+      betas = np.asarray(config["trained_betas"], np.float64)
+    else:
+      betas = base.betas_for_schedule(
+          str(config.get("beta_schedule", "linear")),
+          int(config.get("num_train_timesteps", 1000)),
+          float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02)))
+  except (ValueError, TypeError) as e:
+    raise UserError(f"{where}: bad noise schedule: {_one_line(e)}") from None
+  if betas.ndim != 1 or betas.size < 2 or not np.all((betas > 0) & (betas < 1)):
+    raise UserError(f"{where}: the noise schedule's betas must lie in (0, 1)")
+  return base.alphas_cumprod_from_betas(betas)
+
+
+def _listed_components(index: dict[str, Any]) -> set[str]:
+  return {k for k, v in index.items()
+          if not k.startswith("_") and isinstance(v, (list, tuple)) and v and v[0] is not None}
+
+
+def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32",
+                         allow_pickle: bool = False, *, name: str | None = None,
+                         render_resolution: int | None = None,
+                         guidance_scale: float | None = None) -> base.Prior:
+  """Loads a diffusers-layout folder as a `Prior` (latent if it has `vae/`, else pixel-space).
+
+  Args:
+    folder: the pipeline folder.
+    dtype: 'float32' or 'bfloat16': the UNet, VAE and text encoder params are cast to it and
+      the modules compute in it (ε̂ and images come back as float32).
+    allow_pickle: allow `.bin`/`.ckpt`/`.pt` weights (needs torch; unpickling runs code).
+    name: the prior's name (default: the folder's name).
+    render_resolution: the image size renderers should produce (default 64 for latent models,
+      or `resolution` if smaller; `resolution` for pixel models).
+    guidance_scale: default CFG scale (default: model_index.json's jax3d.default_guidance_scale,
+      else 7.5).
+
+  Raises:
+    UserError: (one line) for a missing folder or subfolder, missing/ambiguous/pickle-only
+      weights, a corrupted or truncated file, weights that do not match the config.
+  """
+  root = pathlib.Path(folder).expanduser()
+  if not root.exists():
+    raise UserError(f"prior folder {root} does not exist")
+  if not root.is_dir():
+    raise UserError(f"prior {root} is not a folder (expected a diffusers-layout folder)")
+  jdtype = resolve_dtype(dtype)
+  if not (root / "model_index.json").is_file():
+    raise UserError(f"{root} is not a diffusers pipeline folder: model_index.json is missing")
+  index = _read_json(root / "model_index.json")
+  listed = _listed_components(index)
+  latent = (root / "vae").is_dir()
+  for sub in _REQUIRED + tuple(sorted(listed - set(_REQUIRED))):
+    if sub in ("safety_checker", "feature_extractor", "image_encoder"):
+      continue  # Not needed for scoring (and not loaded).
+    if not (root / sub).is_dir():
+      raise UserError(f"{root} has no {sub}/ subfolder" +
+                      (" (model_index.json lists it)" if sub in listed else ""))
+  # Locate every weight file first: cheap, and refuses pickle-only folders before any work.
+  for sub in ("unet", "text_encoder") + (("vae",) if latent else ()):
+    find_weight_files(root / sub, allow_pickle)
+
+  sched = _read_json(root / "scheduler" / "scheduler_config.json")
+  alphas_cumprod = scheduler_alphas_cumprod(sched, str(root / "scheduler"))
+  prediction = sched.get("prediction_type", "epsilon")
+  if prediction not in ("epsilon", "v_prediction"):
+    raise UserError(f"{root / 'scheduler'}: prediction_type {prediction!r} is not supported "
+                    f"(epsilon or v_prediction)")
+
+  unet, unet_shapes = _build_diffusers_model(diffusers.FlaxUNet2DConditionModel, root / "unet",
+                                             jdtype)
+  ucfg = unet.config
+  if ucfg.get("addition_embed_type"):
+    raise UserError(f"{root / 'unet'}: UNets with addition_embed_type "
+                    f"{ucfg['addition_embed_type']!r} (SDXL) are not supported")
+  if ucfg.in_channels != ucfg.out_channels:
+    raise UserError(f"{root / 'unet'}: in_channels {ucfg.in_channels} != out_channels "
+                    f"{ucfg.out_channels}; an ε-prediction UNet maps x_t to a same-shape ε̂")
+  text_model, text_shapes = _build_text_encoder(root / "text_encoder", jdtype)
+  tcfg = text_model.config
+  if ucfg.cross_attention_dim != tcfg.hidden_size:
+    raise UserError(f"{root}: the UNet's cross_attention_dim {ucfg.cross_attention_dim} != the "
+                    f"text encoder's hidden_size {tcfg.hidden_size}")
+  tokenizer = _load_tokenizer(root / "tokenizer")
+  if len(tokenizer) > tcfg.vocab_size:
+    raise UserError(f"{root}: the tokenizer has {len(tokenizer)} tokens but the text encoder's "
+                    f"vocab_size is {tcfg.vocab_size}")
+  max_length = int(min(tokenizer.model_max_length, tcfg.max_position_embeddings))
+
+  params: dict[str, Any] = {
+      "unet": load_state(root / "unet", unet_shapes, "diffusers", allow_pickle),
+      "text_encoder": load_state(root / "text_encoder", text_shapes, "transformers",
+                                 allow_pickle, text_model.base_model_prefix),
+  }
+  if latent:
+    vae, vae_shapes = _build_diffusers_model(diffusers.FlaxAutoencoderKL, root / "vae", jdtype)
+    vcfg = vae.config
+    if vcfg.latent_channels != ucfg.in_channels:
+      raise UserError(f"{root}: the VAE's latent_channels {vcfg.latent_channels} != the UNet's "
+                      f"in_channels {ucfg.in_channels}")
+    params["vae"] = load_state(root / "vae", vae_shapes, "diffusers", allow_pickle)
+    factor = 2**(len(vcfg.block_out_channels) - 1)
+    resolution = int(ucfg.sample_size) * factor
+    scaling = float(_component_config(root / "vae").get("scaling_factor") or
+                    DEFAULT_VAE_SCALING_FACTOR)
+  else:
+    if ucfg.in_channels != 3:
+      raise UserError(f"{root}: a pixel-space prior (no vae/) needs a UNet with 3 in_channels, "
+                      f"not {ucfg.in_channels}")
+    vae, resolution, scaling = None, int(ucfg.sample_size), 1.0
+  params = cast_floating(params, jdtype)
+  latent_shape = (int(ucfg.sample_size), int(ucfg.sample_size), int(ucfg.in_channels))
+
+  extra = index.get("jax3d") if isinstance(index.get("jax3d"), dict) else {}
+  if guidance_scale is None:
+    guidance_scale = float(extra.get("default_guidance_scale", DEFAULT_GUIDANCE_SCALE))
+  if render_resolution is None:
+    render_resolution = int(extra.get(
+        "render_resolution", min(SD_RENDER_RESOLUTION, resolution) if latent else resolution))
+  ac = jnp.asarray(alphas_cumprod)
+
+  return base.Prior(
+      name=name or root.resolve().name,
+      params=params,
+      alphas_cumprod=ac,
+      resolution=resolution,
+      latent_shape=latent_shape,
+      default_guidance_scale=guidance_scale,
+      text_fn=_text_fn(text_model, tokenizer, max_length),
+      encode_fn=(_latent_encode_fn(vae, resolution, scaling) if latent else
+                 lambda params, images: base.pixel_encode(images, resolution)),
+      decode_fn=(_latent_decode_fn(vae, scaling) if latent else
+                 lambda params, x0: base.pixel_decode(x0)),
+      model_fn=_unet_model_fn(unet, ac, prediction),
+      latent=latent,
+      render_resolution=render_resolution,
+  )
+
+
+def _text_fn(text_model, tokenizer, max_length: int):
+  """Host-side prompts -> (N, L, D) float32 CLIP last hidden states (the SD conditioning)."""
+  encode_ids = jax.jit(lambda p, ids: text_model(ids, params=p, train=False)[0])
+
+  def text_fn(params, prompts: Sequence[str]) -> jax.Array:
+    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length,
+                    truncation=True, return_tensors="np").input_ids.astype(np.int32)
+    # One prompt per call keeps one compiled shape; each distinct prompt is embedded once.
+    out = [encode_ids(params["text_encoder"], ids[i:i + 1])[0] for i in range(len(ids))]
+    return jnp.stack(out).astype(jnp.float32)
+  return text_fn
+
+
+def _unet_model_fn(unet, alphas_cumprod: jax.Array, prediction: str):
+  """(params, x NHWC, t, context) -> ε̂ NHWC (the diffusers Flax UNet is NCHW)."""
+
+  def model_fn(params, x, t, context):
+    out = unet.apply({"params": params["unet"]}, jnp.transpose(x, (0, 3, 1, 2)), t,
+                     context, train=False).sample
+    out = jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
+    if prediction == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x0  =>  ε = √ᾱ·v + √(1−ᾱ)·x_t.
+      a = alphas_cumprod[t][:, None, None, None]
+      out = jnp.sqrt(a) * out + jnp.sqrt(1.0 - a) * x.astype(jnp.float32)
+    return out
+  return model_fn
+
+
+def _latent_encode_fn(vae, resolution: int, scaling: float):
+  def encode_fn(params, images):
+    x = 2.0 * base.resize(images, resolution) - 1.0
+    posterior = vae.apply({"params": params["vae"]}, jnp.transpose(x, (0, 3, 1, 2)),
+                          method=vae.encode).latent_dist
+    return posterior.mean.astype(jnp.float32) * scaling  # NHWC already.
+  return encode_fn
+
+
+def _latent_decode_fn(vae, scaling: float):
+  def decode_fn(params, x0):
+    # NHWC input: the Flax VAE's decode recognizes channels-last by the latent channel count.
+    out = vae.apply({"params": params["vae"]}, x0 / scaling, method=vae.decode).sample
+    return base.pixel_decode(jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32))
+  return decode_fn
+
+
+__all__ = ["load_diffusers_prior", "load_state", "find_weight_files", "cast_floating",
+           "resolve_dtype", "scheduler_alphas_cumprod", "DTYPES"]

@@ -1,0 +1,209 @@
+"""`jax3d generate`: one runner for every method (validate, train, preview, export).
+
+Layout of a run folder:
+  config.json             the resolved config, prompt, method and prior (written at start)
+  tensorboard/            scalars (loss terms, gradient norm, opacity, t) and preview images
+  previews/step_N.png     rendered views (top) beside their normals (bottom), per particle
+  checkpoints/            orbax checkpoints; rerunning the same command resumes
+  final/                  mesh.glb, mesh.obj, turntable.mp4, turntable.gif, metrics.json
+                          (final/particle_K/ for each particle when there are several)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jax3d import cameras, configuration
+from jax3d.errors import UserError
+
+METHODS = ("sds",)
+DEFAULT_CONFIGS = {"sds": "dreamfusion"}
+PREVIEW_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
+
+
+def _check_writable(workdir: str) -> None:
+  probe = os.path.abspath(workdir)
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+    raise UserError(f"cannot write to --workdir {workdir}: {probe} is not a writable folder; "
+                    f"choose another folder")
+
+
+def run_identity(prompt: str, method: str, prior: str, cfg: ml_collections.ConfigDict) -> dict:
+  """What makes a run 'the same run' (for resuming): prompt, method, prior and config."""
+  return {"prompt": prompt, "method": method, "prior": prior, "config": cfg.to_dict()}
+
+
+def _normalize(obj):
+  return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def check_workdir(workdir: str, identity: dict, overwrite: bool) -> bool:
+  """True if the workdir holds this very run (resume); refuses a different run."""
+  _check_writable(workdir)
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    if os.path.isdir(workdir) and os.listdir(workdir) and not overwrite:
+      raise UserError(f"--workdir {workdir} is not empty and holds no jax3d run; choose an "
+                      f"empty folder or pass --overwrite")
+    return False
+  with open(path) as f:
+    try:
+      old = json.load(f)
+    except json.JSONDecodeError:
+      old = {}
+  if _normalize(old.get("run", {})) == _normalize(identity):
+    return True
+  if overwrite:
+    return False
+  what = "prompt" if old.get("run", {}).get("prompt") != identity["prompt"] else "config"
+  raise UserError(f"--workdir {workdir} holds a run with a different {what} "
+                  f"({old.get('run', {}).get('prompt')!r}); use another --workdir or pass "
+                  f"--overwrite to replace it")
+
+
+def make_system(method: str, prompt: str, cfg: ml_collections.ConfigDict, prior):
+  if method == "sds":
+    from jax3d.systems import dreamfusion  # pylint: disable=g-import-not-at-top
+    return dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config(prompt, cfg), prior)
+  raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def check_prompt_for_prior(prompt: str, prior_spec: str) -> None:
+  if not isinstance(prompt, str) or not prompt.strip():
+    raise UserError("the prompt is empty; give a text prompt such as 'a red cube'")
+  if prior_spec in ("solids", "analytic"):
+    from jax3d.solids import scenes  # pylint: disable=g-import-not-at-top
+    scenes.parse_prompt(prompt)  # Raises a UserError naming the prompts it knows.
+
+
+def preview_image(system, state, step: int, size: int) -> np.ndarray:
+  """Rows: per particle (up to 4), the preview views' renders then their normal maps."""
+  from jax3d.export import video  # pylint: disable=g-import-not-at-top
+  cams = cameras.from_spherical(np.asarray(PREVIEW_AZIMUTHS), np.full(4, 15.0), 2.0, 40.0,
+                                size, size)
+  rows = []
+  for k in range(min(system.cfg.num_particles, 4)):
+    params = system.particle_params(state, k)
+    rgbs, normals = [], []
+    for i in range(len(PREVIEW_AZIMUTHS)):
+      cam = jax.tree.map(lambda x, i=i: x[i], cams)
+      out = system.render(params, cam, step)
+      rgbs.append(np.asarray(out["rgb"]))
+      n = np.asarray(out["normal"]) * 0.5 + 0.5
+      o = np.asarray(out["opacity"])[..., None]
+      normals.append(n * o + (1.0 - o))
+    rows += [np.concatenate(rgbs, 1), np.concatenate(normals, 1)]
+  return video.to_uint8(np.concatenate(rows, 0))
+
+
+def export_particle(system, state, k: int, step: int, folder: str,
+                    cfg: ml_collections.ConfigDict, level: float | None = None) -> dict:
+  """Mesh (.glb/.obj) and turntable (.mp4/.gif) of particle k into `folder`."""
+  from jax3d.export import mesh as mesh_lib, video  # pylint: disable=g-import-not-at-top
+  os.makedirs(folder, exist_ok=True)
+  params = system.particle_params(state, k)
+  e = cfg.export
+  if level is None and e.mesh_level > 0:
+    level = float(e.mesh_level)
+  mesh = mesh_lib.extract_mesh(system.density_fn(params, step), system.color_fn(params, step),
+                               system.cfg.render.bound, resolution=e.mesh_resolution,
+                               level=level, step_size=system.render_step_size)
+  paths = mesh_lib.write_mesh(mesh, folder)
+  frames = video.turntable_frames(
+      lambda cam: system.render(params, cam, step)["rgb"], e.video_frames,
+      elevation_deg=e.video_elevation, height=e.video_size, width=e.video_size, jit=False)
+  paths.update(video.write_video(frames, folder, fps=e.video_fps))
+  return {"paths": paths, "mesh_level": mesh.level, "mesh_level_rule": mesh.level_rule,
+          "num_vertices": int(mesh.vertices.shape[0]), "num_faces": int(mesh.faces.shape[0])}
+
+
+def final_folder(workdir: str, k: int, num_particles: int) -> str:
+  base = os.path.join(workdir, "final")
+  return base if num_particles == 1 else os.path.join(base, f"particle_{k}")
+
+
+def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str = "solids",
+             cfg: ml_collections.ConfigDict | None = None, overwrite: bool = False,
+             dtype: str = "float32", allow_pickle: bool = False,
+             stop_after: int | None = None, enable_bar: bool | None = None) -> dict[str, Any]:
+  """Validates everything, then trains `method` on `prompt` in `workdir` and exports."""
+  from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
+  from jax3d.train import loop  # pylint: disable=g-import-not-at-top
+  from jax3d.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from jax3d.train.logging import Logger  # pylint: disable=g-import-not-at-top
+  from jax3d.export import video  # pylint: disable=g-import-not-at-top
+
+  if method not in METHODS:
+    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+  cfg = cfg if cfg is not None else configuration.load(DEFAULT_CONFIGS[method])
+  check_prompt_for_prior(prompt, prior_spec)
+  identity = run_identity(prompt, method, prior_spec, cfg)
+  resume = check_workdir(workdir, identity, overwrite)
+  prior = registry.load_prior(prior_spec, dtype=dtype, allow_pickle=allow_pickle)
+  system = make_system(method, prompt, cfg, prior)  # Validates config values and particles.
+
+  # Everything is valid: only now touch the disk.
+  if overwrite and not resume and os.path.isdir(workdir):
+    shutil.rmtree(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"run": identity, "jax3d": _version()}, f, indent=2, sort_keys=True, default=str)
+
+  key = jax.random.key(cfg.seed)
+  k_init, k_train = jax.random.split(key)
+  t0 = time.perf_counter()
+  state = system.init(k_init)
+  logger = Logger(workdir, cfg.num_steps, desc=method, enable_bar=enable_bar)
+
+  def preview(step, st):
+    image = preview_image(system, st, step, max(cfg.camera.height, 64))
+    os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
+    video.write_png(os.path.join(workdir, "previews", f"step_{step:06d}.png"), image)
+    logger.image(step, "previews", image)
+
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    result = loop.run(system.train_step, state, k_train,
+                      loop.Schedule(cfg.num_steps, cfg.log_every, cfg.checkpoint_every,
+                                    cfg.preview_every),
+                      workdir, checkpointer, logger, preview_fn=preview,
+                      meta={"prompt": prompt}, bar_keys=("loss", "mean_opacity"),
+                      stop_after=stop_after)
+  finally:
+    logger.close()
+    checkpointer.close()
+  summary = {"prompt": prompt, "method": method, "prior": prior_spec, "steps": result.step,
+             "wall_time_s": result.wall_time, "compile_time_s": result.compile_time,
+             "total_time_s": time.perf_counter() - t0, "resumed_from": result.resumed_from,
+             "final_metrics": result.metrics, "device": jax.devices()[0].device_kind,
+             "num_devices": len(jax.devices()), "num_particles": cfg.num_particles}
+  if result.step >= cfg.num_steps:
+    summary["particles"] = export_all(system, result.state, result.step, workdir, cfg)
+    with open(os.path.join(workdir, "final", "metrics.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
+  return summary
+
+
+def export_all(system, state, step: int, workdir: str, cfg: ml_collections.ConfigDict,
+               level: float | None = None) -> list[dict]:
+  return [export_particle(system, state, k, step,
+                          final_folder(workdir, k, system.cfg.num_particles), cfg, level)
+          for k in range(system.cfg.num_particles)]
+
+
+def _version() -> str:
+  import jax3d  # pylint: disable=g-import-not-at-top
+  return jax3d.__version__

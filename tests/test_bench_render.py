@@ -1,0 +1,52 @@
+"""Smoke test of `jax3d bench render --quick` through the CLI, plus the table/JSON helpers."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import jax
+import numpy as np
+
+from jax3d import bench
+from jax3d import cli
+
+
+def test_bench_render_quick_writes_json(tmp_path, capsys):
+  out = tmp_path / "sub" / "render.json"
+  assert cli.main(["bench", "render", "--quick", "--repeats", "1", "--out", str(out)]) == 0
+  payload = json.loads(out.read_text())
+  assert payload["benchmark"] == "render"
+  assert payload["device"] == jax.devices()[0].device_kind
+  assert payload["jax_version"] == jax.__version__
+  assert payload["quick"] is True
+  assert payload["settings"]["grid"] == "toy"
+  rows = payload["rows"]
+  cases = {(r["case"], r["pass"]) for r in rows}
+  for pass_ in ("forward", "forward+backward"):
+    assert ("encode", pass_) in cases and ("nerf", pass_) in cases
+  for r in rows:
+    assert r["time_ms"] > 0 and r["compile_s"] > 0 and r["samples_per_s"] > 0
+    np.testing.assert_allclose(r["samples_per_s"] * r["time_ms"] / 1e3, r["points"], rtol=1e-6)
+    if r["case"] != "encode":
+      np.testing.assert_allclose(r["rays_per_s"] * r["samples_per_ray"], r["samples_per_s"],
+                                 rtol=1e-6)
+      assert r["points"] == 16 * 16 * r["samples_per_ray"]
+  printed = capsys.readouterr().out
+  assert "jax3d bench render" in printed and "toy hash grid" in printed
+  assert "forward+backward" in printed
+
+
+def test_bench_bad_repeats_is_user_error(capsys):
+  assert cli.main(["bench", "render", "--quick", "--repeats", "0"]) == 2
+  assert "--repeats" in capsys.readouterr().err
+
+
+def test_print_table_aligns_and_formats():
+  buf = io.StringIO()
+  bench.print_table([{"case": "a", "n": 1234567, "x": 0.5, "y": None},
+                     {"case": "bbbb", "n": 2, "x": 2.5e7, "y": "z"}], title="T", file=buf)
+  lines = buf.getvalue().splitlines()
+  assert lines[0] == "T"
+  assert len({len(line) for line in lines[1:]}) == 1  # header, rule and rows align
+  assert "1,234,567" in lines[3] and "25,000,000" in lines[4] and "-" in lines[3]
