@@ -24,7 +24,11 @@ def get_config(preset=None):
       height=32, width=32, distance=2.0, distance_jitter=0.1, fov_deg=40.0,
       fov_jitter_deg=0.0, elevation_range=(-10.0, 45.0), azimuth_range=(-180.0, 180.0)))
   c.field = ml_collections.ConfigDict(dict(
-      hashgrid="toy", bound=1.0, hidden_dim=32, num_hidden_layers=1,
+      # A CPU-sized grid for 32x32 renders: 8 levels up to 128^3, 2^14 entries per level.
+      hashgrid=ml_collections.ConfigDict(dict(
+          num_levels=8, features_per_level=2, log2_table_size=14, base_resolution=16,
+          max_resolution=128)),
+      bound=1.0, hidden_dim=32, num_hidden_layers=1,
       density_activation="softplus", blob_density=5.0, blob_radius=0.3,
       normal_method="analytic", normal_eps=1e-2))
   c.render = ml_collections.ConfigDict(dict(num_samples=48, bound=1.0, stratified=True,
@@ -62,7 +66,8 @@ def get_config(preset=None):
     c.camera.height = c.camera.width = 64
     c.camera.distance, c.camera.distance_jitter = 2.0, 0.5  # threestudio camera_distance 1.5-2.0
     c.camera.fov_deg, c.camera.fov_jitter_deg = 55.0, 15.0  # fovy 40-70
-    c.field.hashgrid = "sd"  # L=16, F=2, T=2^19, 16..2048 (Instant-NGP)
+    # Instant-NGP's full size: L=16, F=2, T=2^19, resolutions 16..2048.
+    c.field.hashgrid.update(num_levels=16, log2_table_size=19, max_resolution=2048)
     c.field.hidden_dim = 64
     c.field.num_hidden_layers = 1
     c.field.blob_density = 10.0  # threestudio density_blob_scale 10, std 0.5

@@ -8,6 +8,7 @@ modules (jax, diffusers) are imported inside the handlers so `jax3d --help` stay
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -88,6 +89,30 @@ def _cmd_generate(args, overrides):
   return 0
 
 
+def _cmd_export(args, overrides):
+  del overrides
+  from jax3d.train import runner
+  results = runner.export_command(args.workdir, level=args.level)
+  for k, r in enumerate(results):
+    print(f"particle {k}: {r['num_vertices']} vertices at density level {r['mesh_level']:.3g} "
+          f"-> {os.path.dirname(r['paths']['glb'])}")
+  return 0
+
+
+def _cmd_eval(args, overrides):
+  del overrides
+  from jax3d import bench
+  from jax3d.train import runner
+  summary = runner.eval_command(args.workdir, resolution=args.resolution)
+  bench.print_table(summary["particles"], title=f"jax3d eval: {summary['prompt']!r}")
+  if "diversity" in summary:
+    d = summary["diversity"]
+    print(f"diversity: hue spread {d['hue_spread']:.3f}, mean pairwise silhouette IoU "
+          f"{d['mean_pairwise_silhouette_iou']:.3f}")
+  print(f"wrote {os.path.join(args.workdir, 'eval.json')}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="jax3d", description="Text-to-3D by distilling 2D diffusion priors.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -135,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--allow-pickle", action="store_true",
                  help="allow loading .bin/.ckpt weights (unpickling runs code: trusted files only)")
   p.set_defaults(handler=_cmd_generate)
+
+  p = sub.add_parser("export", help="re-export mesh and turntable from the latest checkpoint")
+  p.add_argument("workdir", help="a `jax3d generate` run folder")
+  p.add_argument("--level", type=float, default=None,
+                 help="density iso-level for the mesh (default: the automatic rule)")
+  p.set_defaults(handler=_cmd_export)
+
+  p = sub.add_parser("eval", help="score a run's final meshes against the solids truth")
+  p.add_argument("workdir", help="a `jax3d generate` run folder")
+  p.add_argument("--resolution", type=int, default=96, help="voxel grid for the metrics")
+  p.set_defaults(handler=_cmd_eval)
 
   p = sub.add_parser("train-prior", help="train the solids prior (resumes from --workdir)")
   p.add_argument("--workdir", required=True, help="run folder (checkpoints, logs, samples)")

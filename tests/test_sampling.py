@@ -94,14 +94,6 @@ def test_analytic_samples_are_renders_of_the_prompt():
     assert dist.min(axis=1).max() < 0.01
 
 
-def test_image_grid():
-  images = np.zeros((5, 4, 6, 3), np.float32)
-  images[4] = 1.0
-  grid = sampling.image_grid(images, pad=1)
-  assert grid.shape == (2 * 5 + 1, 3 * 7 + 1, 3) and grid.dtype == np.uint8
-  assert (grid[1:5, 1:7] == 0).all() and (grid[6:10, 8:14] == 255).all()
-
-
 @pytest.fixture(scope="module")
 def pixel_folder(tmp_path_factory):
   return tp.write_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pixel", latent=False,

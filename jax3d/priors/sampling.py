@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax3d.errors import UserError
+from jax3d.export import video
 from jax3d.priors import base
 
 
@@ -30,21 +31,19 @@ def leading_timesteps(num_train_timesteps: int, num_steps: int,
   return (np.arange(num_steps)[::-1] * ratio + steps_offset).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("prior", "num_steps", "steps_offset",
-                                             "clip_sample"))
-def _ddim(prior: base.Prior, params, noise, cond, uncond, guidance_scale, num_steps: int,
-          steps_offset: int, clip_sample: bool):
-  ts = leading_timesteps(prior.num_train_timesteps, num_steps, steps_offset)
-  ratio = prior.num_train_timesteps // num_steps
-  prev = ts - ratio
-  ac = prior.alphas_cumprod
+def ddim_loop(eps_fn, noise: jax.Array, alphas_cumprod: jax.Array, num_steps: int,
+              steps_offset: int = 0, clip_sample: bool = False) -> jax.Array:
+  """x̂_0 from x_T = `noise` by DDIM over any guided `eps_fn(x_t, t (B,)) -> ε̂` (traceable)."""
+  num_train = alphas_cumprod.shape[0]
+  ts = leading_timesteps(num_train, num_steps, steps_offset)
+  prev = ts - num_train // num_steps
   b = noise.shape[0]
 
   def step(x, tt):
     t, t_prev = tt
-    e = prior.eps(params, x, jnp.full((b,), t), cond, uncond, guidance_scale)
-    a_t = ac[t]
-    a_prev = jnp.where(t_prev >= 0, ac[jnp.maximum(t_prev, 0)], 1.0)
+    e = eps_fn(x, jnp.full((b,), t)).astype(jnp.float32)
+    a_t = alphas_cumprod[t]
+    a_prev = jnp.where(t_prev >= 0, alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
     x0 = (x - jnp.sqrt(1.0 - a_t) * e) / jnp.sqrt(a_t)
     if clip_sample:
       x0 = jnp.clip(x0, -1.0, 1.0)
@@ -53,6 +52,14 @@ def _ddim(prior: base.Prior, params, noise, cond, uncond, guidance_scale, num_st
 
   x, _ = jax.lax.scan(step, noise, (jnp.asarray(ts), jnp.asarray(prev)))
   return x
+
+
+@functools.partial(jax.jit, static_argnames=("prior", "num_steps", "steps_offset",
+                                             "clip_sample"))
+def _ddim(prior: base.Prior, params, noise, cond, uncond, guidance_scale, num_steps: int,
+          steps_offset: int, clip_sample: bool):
+  eps_fn = lambda x, t: prior.eps(params, x, t, cond, uncond, guidance_scale)
+  return ddim_loop(eps_fn, noise, prior.alphas_cumprod, num_steps, steps_offset, clip_sample)
 
 
 def ddim_sample(prior: base.Prior, params, key: jax.Array, cond: jax.Array,
@@ -94,21 +101,6 @@ def _decode(prior: base.Prior, params, x0):
   return prior.decode(params, x0)
 
 
-def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
-  """(N, H, W, 3) in [0, 1] -> one (rows·(H+pad)+pad, cols·(W+pad)+pad, 3) uint8 grid, white
-  gutters."""
-  images = np.asarray(images, np.float32)
-  n, h, w, c = images.shape
-  cols = columns or int(math.ceil(math.sqrt(n)))
-  rows = int(math.ceil(n / cols))
-  grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.float32)
-  for i, img in enumerate(images):
-    r, q = divmod(i, cols)
-    y, x = pad + r * (h + pad), pad + q * (w + pad)
-    grid[y:y + h, x:x + w] = img
-  return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def sample_command(args) -> int:
   """`jax3d sample PROMPT --prior … --num N --steps S --guidance-scale G --seed S --dtype D
   [--allow-pickle] --out grid.png`: draws N images with DDIM and writes a grid PNG."""
@@ -133,11 +125,13 @@ def sample_command(args) -> int:
   images = ddim_sample(prior, prior.params, jax.random.key(args.seed), cond, prior.uncond(1),
                        num_steps=args.steps, guidance_scale=gs)
   tmp = out + ".tmp"
-  Image.fromarray(image_grid(np.asarray(images))).save(tmp, format="PNG")
+  n = images.shape[0]
+  grid = video.image_grid(np.asarray(images), ncols=int(math.ceil(math.sqrt(n))), pad=2)
+  Image.fromarray(grid).save(tmp, format="PNG")
   os.replace(tmp, out)
   print(f"wrote {args.num} sample(s) of {args.prompt!r} from the {prior.name} prior to "
         f"{args.out}")
   return 0
 
 
-__all__ = ["ddim_sample", "leading_timesteps", "image_grid", "sample_command"]
+__all__ = ["ddim_sample", "ddim_loop", "leading_timesteps", "sample_command"]

@@ -21,6 +21,7 @@ import ml_collections
 
 from jax3d import cameras
 from jax3d.priors import _quiet  # noqa: F401  (silences the Flax deprecation warnings)
+from jax3d.priors import base
 from jax3d.priors import tokenizer as tokenizer_lib
 from jax3d.solids import scenes
 
@@ -86,16 +87,9 @@ def scheduler_config(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def alphas_cumprod(cfg: ModelConfig) -> jax.Array:
-  """ᾱ_t of the DDPM schedule (diffusers' 'linear' and 'scaled_linear' definitions)."""
-  import numpy as np  # float64 for the product, as diffusers does.
-  n = cfg.num_train_timesteps
-  if cfg.beta_schedule == "scaled_linear":
-    betas = np.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, n, dtype=np.float64)**2
-  elif cfg.beta_schedule == "linear":
-    betas = np.linspace(cfg.beta_start, cfg.beta_end, n, dtype=np.float64)
-  else:
-    raise ValueError(f"unknown beta_schedule {cfg.beta_schedule}")
-  return jnp.asarray(np.cumprod(1.0 - betas), jnp.float32)
+  """ᾱ_t of the model's DDPM schedule (diffusers' definitions, via priors.base)."""
+  return jnp.asarray(base.alphas_cumprod_from_betas(base.betas_for_schedule(
+      cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +131,8 @@ def count_params(tree) -> int:
 
 
 def save_folder(nets: Networks, params: dict[str, Any], folder: str,
-                extra_files: dict[str, str] | None = None) -> None:
+                extra_files: dict[str, str] | None = None,
+                guidance_scale: float = 3.0) -> None:
   """Writes a diffusers-layout folder atomically (a temp folder renamed into place)."""
   parent = os.path.dirname(os.path.abspath(folder)) or "."
   os.makedirs(parent, exist_ok=True)
@@ -159,7 +154,8 @@ def save_folder(nets: Networks, params: dict[str, Any], folder: str,
                  "text_encoder": ["transformers", "FlaxCLIPTextModel"],
                  "tokenizer": ["transformers", "CLIPTokenizer"],
                  "scheduler": ["diffusers", "FlaxDDIMScheduler"],
-                 "jax3d": {"resolution": nets.cfg.resolution, "pixel_space": True}},
+                 "jax3d": {"resolution": nets.cfg.resolution, "pixel_space": True,
+                           "default_guidance_scale": guidance_scale}},
                 f, indent=2)
     for name, text in (extra_files or {}).items():
       with open(os.path.join(tmp, name), "w") as f:

@@ -223,7 +223,7 @@ class DreamFusion:
         particle["params"], key, step, prior_params, cond_table, uncond)
     updates, opt_state = self.tx.update(grads, particle["opt_state"], particle["params"])
     params = optax.apply_updates(particle["params"], updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return dict(particle, params=params, opt_state=opt_state), metrics
 
   def _build_step(self):

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from jax3d import configuration
-from jax3d.priors import ddim, solids_model
+from jax3d.priors import sampling, solids_model
 from jax3d.solids import dataset as dataset_lib
 from jax3d.train import loop
 from jax3d.train.checkpoint import Checkpointer
@@ -83,7 +83,7 @@ def make_step(nets: solids_model.Networks, tx: optax.GradientTransformation,
     params = optax.apply_updates(state["params"], updates)
     ema = optax.incremental_update(params, state["ema"], 1.0 - ema_decay)
     new_state = {"params": params, "ema": ema, "opt_state": opt_state}
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return step
 
@@ -171,8 +171,8 @@ def make_sampler(nets, alphas_cumprod, tokens: np.ndarray, empty_tokens: np.ndar
       e_u, e_c = jnp.split(both, 2)
       return e_u + guidance_scale * (e_c - e_u)
 
-    x0 = ddim.ddim_loop(eps_fn, key, (n, resolution, resolution, 3), alphas_cumprod,
-                        num_steps, clip_x0=1.0)
+    noise = jax.random.normal(key, (n, resolution, resolution, 3))
+    x0 = sampling.ddim_loop(eps_fn, noise, alphas_cumprod, num_steps, clip_sample=True)
     return jnp.clip((x0 + 1.0) / 2.0, 0.0, 1.0)
 
   return sample

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -36,9 +37,13 @@ def _check_writable(workdir: str) -> None:
     if parent == probe:
       break
     probe = parent
-  if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+  try:  # A real probe (permission bits say little to root): make and remove a temp folder.
+    if not os.path.isdir(probe):
+      raise OSError
+    os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".jax3d-probe-"))
+  except OSError:
     raise UserError(f"cannot write to --workdir {workdir}: {probe} is not a writable folder; "
-                    f"choose another folder")
+                    f"choose another folder") from None
 
 
 def run_identity(prompt: str, method: str, prior: str, cfg: ml_collections.ConfigDict) -> dict:
@@ -207,3 +212,74 @@ def export_all(system, state, step: int, workdir: str, cfg: ml_collections.Confi
 def _version() -> str:
   import jax3d  # pylint: disable=g-import-not-at-top
   return jax3d.__version__
+
+
+def _read_run(workdir: str) -> dict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{workdir} holds no jax3d run (no config.json); give the --workdir of a "
+                    f"`jax3d generate` run")
+  with open(path) as f:
+    try:
+      return json.load(f)["run"]
+    except (json.JSONDecodeError, KeyError):
+      raise UserError(f"{path} is not a jax3d run config; was it edited?") from None
+
+
+def export_command(workdir: str, level: float | None = None) -> list[dict]:
+  """Re-exports meshes and turntables from a run's latest checkpoint into final/."""
+  from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
+  from jax3d.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  run = _read_run(workdir)
+  cfg = ml_collections.ConfigDict(run["config"])
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    if checkpointer.latest_step() is None:
+      raise UserError(f"{workdir} has no checkpoint yet; run `jax3d generate` first")
+    prior = registry.load_prior(run["prior"])
+    system = make_system(run["method"], run["prompt"], cfg, prior)
+    state, _, step = checkpointer.restore(system.init(jax.random.key(cfg.seed)))
+  finally:
+    checkpointer.close()
+  return export_all(system, state, step, workdir, cfg, level)
+
+
+def eval_command(workdir: str, resolution: int = 96) -> dict:
+  """Scores final/ meshes against the prompt's solid; writes eval.json; returns the table."""
+  from jax3d.solids import metrics, scenes  # pylint: disable=g-import-not-at-top
+  run = _read_run(workdir)
+  try:
+    scenes.parse_prompt(run["prompt"])
+  except UserError:
+    raise UserError(f"the prompt {run['prompt']!r} is not a solids prompt, so there is no "
+                    f"ground truth to score it against; eval works on solids prompts such "
+                    f"as 'a red cube'") from None
+  num_particles = int(run["config"]["num_particles"])
+  rows = []
+  for k in range(num_particles):
+    path = os.path.join(final_folder(workdir, k, num_particles), "mesh.glb")
+    if not os.path.isfile(path):
+      raise UserError(f"{path} is missing; finish the run (or `jax3d export {workdir}`) first")
+    shape = metrics.shape_from_mesh(path, resolution=resolution)
+    row = metrics.evaluate(shape, run["prompt"], metrics.MetricsConfig(resolution=resolution))
+    rows.append({"particle": k, **{key: row[key] for key in (
+        "silhouette_iou", "occupancy_iou", "predicted_solid", "shape_correct",
+        "predicted_colour", "colour_correct", "hue_deg")}})
+  summary = {"prompt": run["prompt"], "method": run["method"], "prior": run["prior"],
+             "particles": rows}
+  if num_particles > 1:
+    summary["diversity"] = metrics.diversity(
+        [metrics.shape_from_mesh(os.path.join(final_folder(workdir, k, num_particles),
+                                              "mesh.glb"), resolution=resolution)
+         for k in range(num_particles)], metrics.MetricsConfig(resolution=resolution))
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(summary, f, indent=2, default=_json_default)
+  return summary
+
+
+def _json_default(x):
+  if isinstance(x, (np.floating, np.integer, np.bool_)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return str(x)

@@ -1,0 +1,167 @@
+"""The generate runner: outputs, resume after SIGKILL, non-finite stops, one-line user errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tiny_pipeline as tp
+from jax3d.train import loop
+from jax3d.train.checkpoint import Checkpointer
+
+# A run small enough for a test: 8x8 renders, a 2-level grid, tiny exports.
+TINY = ["--config.camera.height=8", "--config.camera.width=8", "--config.views_per_step=1",
+        "--config.field.hashgrid.num_levels=2", "--config.field.hashgrid.log2_table_size=8",
+        "--config.field.hashgrid.max_resolution=16", "--config.field.hidden_dim=8",
+        "--config.render.num_samples=8", "--config.preview_every=3",
+        "--config.export.mesh_resolution=16", "--config.export.video_frames=2",
+        "--config.export.video_size=16", "--config.log_every=1"]
+
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parent),
+                                       env.get("PYTHONPATH", "")])
+  return env
+
+
+def _cmd(*args):
+  return [sys.executable, "-m", "jax3d.cli", *args]
+
+
+def _run(*args, cwd):
+  return subprocess.run(_cmd(*args), cwd=cwd, env=_env(), capture_output=True, text=True,
+                        timeout=600)
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+  return str(tp.write_tiny_pipeline(tmp_path_factory.mktemp("prior") / "pixel", latent=False,
+                                    weights="msgpack").folder)
+
+
+def _final_params(workdir):
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    step = ckpt.latest_step()
+    out = ckpt._manager.restore(step)  # pylint: disable=protected-access
+  finally:
+    ckpt.close()
+  return step, out["state"]
+
+
+def test_generate_writes_outputs_and_resumes_bit_identically_after_sigkill(prior_dir,
+                                                                           tmp_path):
+  steps = ["--config.num_steps=6", "--config.checkpoint_every=2"]
+  args = ["a red cube", "--prior", prior_dir, *TINY, *steps]
+  # Uninterrupted reference run.
+  ref = tmp_path / "ref"
+  r = _run("generate", *args, "--workdir", str(ref), cwd=tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  for name in ("mesh.glb", "mesh.obj", "turntable.mp4", "turntable.gif", "metrics.json"):
+    assert (ref / "final" / name).is_file(), name
+  assert (ref / "config.json").is_file() and (ref / "previews" / "step_000003.png").is_file()
+  assert any((ref / "tensorboard").iterdir())
+  metrics = json.loads((ref / "final" / "metrics.json").read_text())
+  assert metrics["steps"] == 6 and metrics["device"]
+
+  # The same run, SIGKILLed once a checkpoint exists, then rerun to completion.
+  work = tmp_path / "killed"
+  proc = subprocess.Popen(_cmd("generate", *args, "--workdir", str(work)), cwd=tmp_path,
+                          env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  ckpts = work / "checkpoints"
+  while time.time() < deadline and proc.poll() is None:
+    done = [p for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.is_dir() else []
+    if done:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max((int(p.name) for p in ckpts.glob("*") if p.name.isdigit()), default=0)
+  assert killed_at < 6, "the run finished before it could be killed; make it longer"
+  r = _run("generate", *args, "--workdir", str(work), cwd=tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  resumed = json.loads((work / "final" / "metrics.json").read_text())
+  assert resumed["resumed_from"] is not None
+
+  (s1, a), (s2, b) = _final_params(ref), _final_params(work)
+  assert s1 == s2 == 6
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+               a["params"], b["params"])
+
+
+def test_non_finite_loss_stops_before_checkpointing(tmp_path):
+  def step_fn(state, key):
+    del key
+    x = state["x"] + 1.0
+    loss = jnp.where(x >= 3.0, jnp.nan, x)
+    return {"x": x}, {"loss": loss}
+
+  ckpt = Checkpointer(str(tmp_path / "ckpt"))
+  with pytest.raises(loop.NonFiniteError, match="non-finite loss at step 3"):
+    loop.run(step_fn, {"x": jnp.zeros(())}, jax.random.key(0),
+             loop.Schedule(num_steps=10, checkpoint_every=1), str(tmp_path), ckpt)
+  assert ckpt.latest_step() == 2
+  ckpt.close()
+
+
+def _assert_user_error(r, workdir, needle):
+  assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("jax3d: error:"), r.stderr[-1500:]
+  assert needle in lines[0], lines[0]
+  assert "Traceback" not in r.stderr
+  if workdir is not None:
+    assert not os.path.exists(workdir) or not os.listdir(workdir) or (
+        workdir.endswith("other"))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["", "--prior", "analytic"], "prompt is empty"),
+    (["a pink elephant", "--prior", "analytic"], "not a solids prompt"),
+    (["a red cube", "--prior", "analytic", "--config.nope=1"], "unknown config key"),
+    (["a red cube", "--prior", "analytic", "--config.num_steps=abc"], "must be a number"),
+    (["a red cube", "--method", "dreamtime"], "unknown method"),
+    (["a red cube", "--prior", "/no/such/folder"], "/no/such/folder"),
+])
+def test_generate_bad_inputs(args, needle, tmp_path):
+  workdir = str(tmp_path / "w")
+  _assert_user_error(_run("generate", *args, "--workdir", workdir, cwd=tmp_path), workdir,
+                     needle)
+
+
+def test_generate_refuses_uneven_particles_unwritable_and_other_runs(prior_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  r = _run("generate", "a red cube", "--prior", prior_dir, "--particles", "6", *TINY,
+           "--workdir", workdir, cwd=tmp_path)
+  _assert_user_error(r, workdir, "multiple of 4")
+  r = _run("generate", "a red cube", "--prior", prior_dir, "--workdir", "/proc/jax3d/w",
+           cwd=tmp_path)
+  _assert_user_error(r, None, "cannot write")
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "config.json").write_text(json.dumps({"run": {"prompt": "a blue cone"}}))
+  r = _run("generate", "a red cube", "--prior", prior_dir, *TINY, "--workdir", str(other),
+           cwd=tmp_path)
+  _assert_user_error(r, None, "different prompt")
+  assert sorted(os.listdir(other)) == ["config.json"]
+
+
+def test_eval_refuses_non_solids_prompts(tmp_path):
+  work = tmp_path / "w"
+  work.mkdir()
+  (work / "config.json").write_text(json.dumps({"run": {
+      "prompt": "a photo of a dog", "method": "sds", "prior": "x",
+      "config": {"num_particles": 1}}}))
+  _assert_user_error(_run("eval", str(work), cwd=tmp_path), None, "not a solids prompt")
