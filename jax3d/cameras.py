@@ -84,9 +84,10 @@ def look_at(position: jax.Array, target: jax.Array | None = None,
 
 
 def spherical_to_position(azimuth_deg, elevation_deg, distance) -> jax.Array:
-  az = jnp.deg2rad(jnp.asarray(azimuth_deg, jnp.float32))
-  el = jnp.deg2rad(jnp.asarray(elevation_deg, jnp.float32))
-  distance = jnp.asarray(distance, jnp.float32)
+  az, el, distance = jnp.broadcast_arrays(jnp.asarray(azimuth_deg, jnp.float32),
+                                          jnp.asarray(elevation_deg, jnp.float32),
+                                          jnp.asarray(distance, jnp.float32))
+  az, el = jnp.deg2rad(az), jnp.deg2rad(el)
   return jnp.stack([distance * jnp.cos(el) * jnp.cos(az),
                     distance * jnp.cos(el) * jnp.sin(az),
                     distance * jnp.sin(el)], axis=-1)

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   p.add_argument("--allow-pickle", action="store_true",
                  help="allow loading .bin/.ckpt weights (unpickling runs code: trusted files only)")
-  p.set_defaults(handler=_cmd_generate)
+  p.set_defaults(handler=_cmd_generate, takes_config=True)
 
   p = sub.add_parser("export", help="re-export mesh and turntable from the latest checkpoint")
   p.add_argument("workdir", help="a `jax3d generate` run folder")
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--export-to", default=None,
                  help="where to write the trained diffusers folder "
                       "(default WORKDIR/solids-prior)")
-  p.set_defaults(handler=_cmd_train_prior)
+  p.set_defaults(handler=_cmd_train_prior, takes_config=True)
   return parser
 
 
@@ -187,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     args, extra = parser.parse_known_args(argv)
     overrides = _split_overrides(extra)
+    if overrides and not getattr(args, "takes_config", False):
+      raise UserError(f"`jax3d {args.command}` takes no --config overrides "
+                      f"(got --config.{overrides[0]})")
     handler: Callable = args.handler
     code = handler(args, overrides)
   except UserError as e:

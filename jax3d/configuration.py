@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.resources
 import importlib.util
+import inspect
 import json
 import os
 from typing import Any, Sequence
@@ -30,6 +31,9 @@ def shipped_config_path(name: str) -> str:
 
 def _resolve(path: str) -> str:
   if os.path.isfile(path):
+    if not path.endswith(".py"):
+      raise UserError(f"config file {path!r} is not a .py file; configs are Python files "
+                      f"defining get_config(preset)")
     return path
   shipped = shipped_config_path(path)
   if os.path.isfile(shipped):
@@ -55,10 +59,16 @@ def load(spec: str, default_preset: str | None = None) -> ml_collections.ConfigD
     raise UserError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
   if not hasattr(module, "get_config"):
     raise UserError(f"config file {path} has no get_config(preset) function")
+  takes_preset = bool(inspect.signature(module.get_config).parameters)
+  if not takes_preset and preset:
+    raise UserError(f"config {path} has no presets (its get_config takes no argument); drop "
+                    f"':{preset}'")
   try:
-    config = module.get_config(preset)
+    config = module.get_config(preset) if takes_preset else module.get_config()
   except KeyError as e:
     raise UserError(f"config {path} has no preset {preset!r}: {e}") from e
+  except Exception as e:  # A user's config file with a bug is a user error.
+    raise UserError(f"config {path}:{preset} failed: {type(e).__name__}: {e}") from e
   return config
 
 
@@ -80,13 +90,19 @@ def apply_overrides(config: ml_collections.ConfigDict,
     *parents, leaf = key.split(".")
     node = config
     for i, part in enumerate(parents):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise UserError(f"{'.'.join(parents[:i])!r} is a value, not a group; "
+                        f"--config.{key} cannot set a key below it")
+      if part not in node:
         raise UserError(f"unknown config key {'.'.join(parents[:i + 1])!r} in --config.{key}; "
                         f"known keys at that level: {', '.join(sorted(node.keys()))}")
       node = node[part]
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
-      raise UserError(f"unknown config key {key!r}; known keys at that level: {known}")
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise UserError(f"{'.'.join(parents)!r} is a value, not a group; "
+                      f"--config.{key} cannot set a key below it")
+    if leaf not in node:
+      raise UserError(f"unknown config key {key!r}; known keys at that level: "
+                      f"{', '.join(sorted(node.keys()))}")
     old = node[leaf]
     value = _parse_value(raw)
     if isinstance(old, str):

@@ -7,6 +7,7 @@ guidance, Ho & Salimans 2022), an EMA of the weights exported at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -50,13 +51,13 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
                                                                           weight_decay=0.0))
 
 
-def make_step(nets: solids_model.Networks, tx: optax.GradientTransformation,
-              cfg: ml_collections.ConfigDict, alphas_cumprod: jax.Array):
-  """The jitted train step over (state, data, key); data stays on device as arguments."""
+def make_loss(nets: solids_model.Networks, cfg: ml_collections.ConfigDict,
+              alphas_cumprod: jax.Array):
+  """`loss(params, data, key)`: the ε-MSE of one random captioned batch drawn from `data`."""
   probs = dataset_lib.CaptionProbs(drop=cfg.data.drop, colourless=cfg.data.colourless,
                                    view_suffix=cfg.data.view_suffix,
                                    other_article=cfg.data.other_article)
-  batch, ema_decay, hflip = cfg.train.batch_size, cfg.train.ema_decay, cfg.data.hflip
+  batch, hflip = cfg.train.batch_size, cfg.data.hflip
   num_t = alphas_cumprod.shape[0]
 
   def loss_fn(params, data, key):
@@ -76,6 +77,15 @@ def make_step(nets: solids_model.Networks, tx: optax.GradientTransformation,
     eps_hat = solids_model.predict_eps(nets, params["unet"], x_t, t, context)
     return jnp.mean((eps_hat - eps)**2)
 
+  return loss_fn
+
+
+def make_step(nets: solids_model.Networks, tx: optax.GradientTransformation,
+              cfg: ml_collections.ConfigDict, alphas_cumprod: jax.Array):
+  """The jitted train step over (state, data, key); data stays on device as arguments."""
+  loss_fn = make_loss(nets, cfg, alphas_cumprod)
+  ema_decay = cfg.train.ema_decay
+
   @jax.jit
   def step(state, data, key):
     loss, grads = jax.value_and_grad(loss_fn)(state["params"], data, key)
@@ -88,32 +98,53 @@ def make_step(nets: solids_model.Networks, tx: optax.GradientTransformation,
   return step
 
 
+@dataclasses.dataclass
+class Setup:
+  """What a training run is made of (also used by tests)."""
+  nets: solids_model.Networks
+  alphas_cumprod: jax.Array
+  data: dict[str, jax.Array]
+  state: dict[str, Any]
+  step: Any
+  loss: Any
+  train_key: jax.Array
+  data_time: float
+
+
+def prepare(workdir: str, cfg: ml_collections.ConfigDict) -> Setup:
+  """Builds networks, the (cached) dataset, the initial state and the jitted step."""
+  model_cfg = solids_model.ModelConfig.from_config(cfg.model)
+  nets = solids_model.build(model_cfg)
+  alphas = solids_model.alphas_cumprod(model_cfg)
+  k_data, k_init, k_train = jax.random.split(jax.random.key(cfg.seed), 3)
+  t0 = time.perf_counter()
+  ds = dataset_lib.build_cached(os.path.join(workdir, "dataset.npz"), k_data,
+                               cfg.data.views_per_object, model_cfg.resolution,
+                               cfg.data.supersample)
+  data = {"images": jnp.asarray(ds.images), "objects": jnp.asarray(ds.objects),
+          "view_labels": jnp.asarray(ds.view_labels),
+          "tokens": jnp.asarray(_tokenize(dataset_lib.caption_texts(), model_cfg.max_length))}
+  data_time = time.perf_counter() - t0
+  params = solids_model.init_params(nets, k_init)
+  tx = make_optimizer(cfg)
+  state = {"params": params, "ema": params, "opt_state": tx.init(params)}
+  return Setup(nets=nets, alphas_cumprod=alphas, data=data, state=state,
+               step=make_step(nets, tx, cfg, alphas), loss=make_loss(nets, cfg, alphas),
+               train_key=k_train, data_time=data_time)
+
+
 def train(workdir: str, cfg: ml_collections.ConfigDict, stop_after: int | None = None,
           export_to: str | None = None, enable_bar: bool | None = None) -> dict[str, Any]:
   """Trains (or resumes) the solids prior in `workdir`; exports the diffusers folder at the end."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(configuration.to_json(cfg))
-  model_cfg = solids_model.ModelConfig.from_config(cfg.model)
-  nets = solids_model.build(model_cfg)
-  alphas = solids_model.alphas_cumprod(model_cfg)
-  key = jax.random.key(cfg.seed)
-  k_data, k_init, k_train = jax.random.split(key, 3)
-
-  t0 = time.perf_counter()
-  ds = dataset_lib.build_cached(os.path.join(workdir, "dataset.npz"), k_data,
-                               cfg.data.views_per_object, model_cfg.resolution,
-                               cfg.data.supersample)
-  texts = dataset_lib.caption_texts()
-  data = {"images": jnp.asarray(ds.images), "objects": jnp.asarray(ds.objects),
-          "view_labels": jnp.asarray(ds.view_labels),
-          "tokens": jnp.asarray(_tokenize(texts, model_cfg.max_length))}
-  data_time = time.perf_counter() - t0
-
-  params = solids_model.init_params(nets, k_init)
-  tx = make_optimizer(cfg)
-  state = {"params": params, "ema": params, "opt_state": tx.init(params)}
-  step = make_step(nets, tx, cfg, alphas)
+  setup = prepare(workdir, cfg)
+  nets, alphas, data, state, step = (setup.nets, setup.alphas_cumprod, setup.data,
+                                     setup.state, setup.step)
+  model_cfg = nets.cfg
+  params = state["params"]
+  data_time, k_train = setup.data_time, setup.train_key
 
   preview_tokens = _tokenize(list(PREVIEW_PROMPTS) + [""], model_cfg.max_length)
   sample_fn = make_sampler(nets, alphas, preview_tokens[:-1], preview_tokens[-1],

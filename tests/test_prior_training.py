@@ -1,0 +1,113 @@
+"""`jax3d train-prior` on a tiny config: it learns, resumes exactly, and exports a loadable prior."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax3d import configuration
+from jax3d.priors import registry
+from jax3d.solids import dataset as dataset_lib
+from jax3d.train import prior as prior_train
+from jax3d.train.checkpoint import Checkpointer
+
+
+def tiny(num_steps=6):
+  cfg = configuration.load("solids_prior:tiny")
+  cfg.train.num_steps = num_steps
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """An uninterrupted 6-step run (exports its folder)."""
+  work = str(tmp_path_factory.mktemp("prior") / "ref")
+  summary = prior_train.train(work, tiny(), enable_bar=False)
+  return work, summary
+
+
+def _params(work):
+  ckpt = Checkpointer(os.path.join(work, "checkpoints"))
+  try:
+    return ckpt.latest_step(), ckpt._manager.restore(ckpt.latest_step())["state"]  # pylint: disable=protected-access
+  finally:
+    ckpt.close()
+
+
+def test_captions_table_matches_the_indexing():
+  texts = dataset_lib.caption_texts()
+  assert texts[-1] == "" and len(texts) == dataset_lib.empty_caption_index() + 1
+  # Object 7 = cube (solid 1) in orange (colour 1); view 3 = "side"; colour given; right article.
+  assert texts[dataset_lib.caption_index(7, 2, 0, 0)] == "an orange cube, side view"
+  assert texts[dataset_lib.caption_index(7, 0, 1, 1)] == "an cube"
+  assert texts[dataset_lib.caption_index(0, 0, 0, 0)] == "a red sphere"
+
+
+def test_loss_decreases_on_a_fixed_batch(trained):
+  cfg = tiny(num_steps=15)
+  cfg.train.learning_rate = 5e-3
+  setup = prior_train.prepare(trained[0], cfg)  # Reuses the cached dataset.
+  key = jax.random.key(42)
+  before = float(setup.loss(setup.state["params"], setup.data, key))
+  state = setup.state
+  for i in range(cfg.train.num_steps):
+    state, _ = setup.step(state, setup.data, jax.random.fold_in(setup.train_key, i))
+  after = float(setup.loss(state["params"], setup.data, key))
+  assert after < 0.7 * before, (before, after)
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(trained, tmp_path):
+  ref_work, ref_summary = trained
+  work = str(tmp_path / "resumed")
+  first = prior_train.train(work, tiny(), stop_after=4, enable_bar=False)
+  assert first["step"] == 4 and "exported" not in first
+  second = prior_train.train(work, tiny(), enable_bar=False)
+  assert second["resumed_from"] == 4 and second["step"] == 6
+  (s1, a), (s2, b) = _params(ref_work), _params(work)
+  assert s1 == s2 == 6
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+  assert ref_summary["final_loss"] == second["final_loss"]
+
+
+def test_exported_folder_loads_through_the_diffusers_loader(trained):
+  work, summary = trained
+  prior = registry.load_prior(summary["exported"])
+  assert not prior.latent and prior.latent_shape == (16, 16, 3)
+  cond = prior.embed(["a red cube", "a torus, side view"])
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  eps = prior.eps(prior.params, x, jnp.array([10, 900]), cond, prior.uncond(2), 3.0)
+  assert eps.shape == (2, 16, 16, 3) and bool(jnp.all(jnp.isfinite(eps)))
+
+
+def test_truncated_weights_are_a_one_line_error(trained, tmp_path):
+  _, summary = trained
+  broken = tmp_path / "broken"
+  shutil.copytree(summary["exported"], broken)
+  weights = broken / "unet" / "diffusion_flax_model.msgpack"
+  data = weights.read_bytes()
+  weights.write_bytes(data[:len(data) // 3])
+  out = tmp_path / "grid.png"
+  r = subprocess.run([sys.executable, "-m", "jax3d.cli", "sample", "a red cube", "--prior",
+                      str(broken), "--num", "1", "--steps", "2", "--out", str(out)],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-1500:]
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("jax3d: error:") and "Traceback" not in r.stderr
+  assert not out.exists()
+
+
+@pytest.mark.skipif(not registry.shipped_solids_path().is_dir(),
+                    reason="the shipped solids prior is not in this checkout")
+def test_shipped_prior_gives_finite_eps():
+  prior = registry.load_prior("solids")
+  assert prior.latent_shape == (32, 32, 3) and prior.resolution == 32
+  cond = prior.embed(["a blue cone"])
+  x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
+  eps = prior.eps(prior.params, x, jnp.array([500]), cond, prior.uncond(1),
+                  prior.default_guidance_scale)
+  assert eps.shape == (1, 32, 32, 3) and bool(jnp.all(jnp.isfinite(eps)))
