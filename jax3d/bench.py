@@ -190,12 +190,69 @@ def bench_render(args) -> list[Row]:
   return rows
 
 
+def bench_prior(args) -> list[Row]:
+  """Quality of a solids prior's samples: per prompt, DDIM samples scored by non-learned
+  image checks (`solids.metrics.image_colour`, `image_shape`); the last row is the total."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax3d.priors import registry, sampling  # pylint: disable=g-import-not-at-top
+  from jax3d.solids import metrics, scenes  # pylint: disable=g-import-not-at-top
+
+  prior = registry.load_prior(args.prior)
+  n = 2 if args.quick else args.samples_per_prompt
+  steps = 5 if args.quick else args.steps
+  scale = prior.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+  prompts = scenes.colour_prompts() + scenes.colourless_prompts()
+  if args.quick:
+    prompts = prompts[:2] + prompts[-1:]
+  rows, images_by_prompt = [], {}
+  for i, prompt in enumerate(prompts):
+    images = sampling.ddim_sample(prior, prior.params, jax.random.key(args.seed * 1000 + i),
+                                  prior.embed([prompt] * n), prior.uncond(1), steps, scale)
+    images_by_prompt[prompt] = np.asarray(images)
+  for prompt, images in images_by_prompt.items():
+    scene = scenes.parse_prompt(prompt)
+    colours = [metrics.image_colour(im)[0] for im in images]
+    shapes = [metrics.image_shape(im) for im in images]
+    row = {"prompt": prompt, "samples": len(images),
+           "shape_correct": float(np.mean([s == scene.solid for s, _ in shapes])),
+           "shape_iou": float(np.mean([iou for _, iou in shapes])),
+           "colour_correct": (float(np.mean([c == scene.colour for c in colours]))
+                              if scene.colour else None),
+           "distinct_colours": len({c for c in colours if c})}
+    rows.append(row)
+  coloured = [r for r in rows if r["colour_correct"] is not None]
+  colourless = [r for r in rows if r["colour_correct"] is None]
+  rows.append({"prompt": "ALL", "samples": sum(r["samples"] for r in rows),
+               "shape_correct": float(np.mean([r["shape_correct"] for r in rows])),
+               "shape_iou": float(np.mean([r["shape_iou"] for r in rows])),
+               "colour_correct": (float(np.mean([r["colour_correct"] for r in coloured]))
+                                  if coloured else None),
+               "distinct_colours": min((r["distinct_colours"] for r in colourless),
+                                       default=None)})
+  if args.grid_out:
+    from jax3d.export import video  # pylint: disable=g-import-not-at-top
+    grid = np.concatenate([video.image_grid(im, ncols=n, pad=1)
+                           for im in images_by_prompt.values()], axis=0)
+    video.write_png(args.grid_out, grid)
+  return rows
+
+
+def prior_settings(args) -> dict[str, Any]:
+  return {"prior": args.prior, "samples_per_prompt": args.samples_per_prompt,
+          "ddim_steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
+          "grid_label": "bars: colour_correct >= 0.9 (colour prompts), shape_correct >= 0.8, "
+                        "distinct_colours >= 4 per colourless prompt (ALL row: the minimum)"}
+
+
 BENCHMARKS: dict[str, Callable[[Any], list[Row]]] = {
     "render": bench_render,
+    "prior": bench_prior,
 }
 # Optional: name -> (args -> dict) describing a benchmark's settings for the header and JSON.
 SETTINGS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "render": render_settings,
+    "prior": prior_settings,
 }
 
 
@@ -219,8 +276,10 @@ def main(args) -> int:
   header["settings"] = settings
   rows = BENCHMARKS[args.what](args)
   title = (f"jax3d bench {args.what}: {header['device']} x{header['device_count']} "
-           f"({header['platform']}), jax {header['jax_version']}; median of "
-           f"{header['repeats']} runs, compile excluded{' (quick)' if args.quick else ''}")
+           f"({header['platform']}), jax {header['jax_version']}"
+           f"{' (quick)' if args.quick else ''}")
+  if args.what == "render":
+    title += f"; median of {header['repeats']} runs, compile excluded"
   if "grid_label" in settings:
     title += f"\n{settings['grid_label']}"
   print_table(rows, title=title)

@@ -119,12 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
   sub.required = True
 
   p = sub.add_parser("bench", help="benchmarks: render speed, prior quality, solids quality")
-  p.add_argument("what", choices=["render"], help="which benchmark to run")
+  p.add_argument("what", choices=["render", "prior"], help="which benchmark to run")
   p.add_argument("--out", default=None, help="also write the results as JSON to this file")
   p.add_argument("--repeats", type=int, default=5, help="timed repetitions per row")
   p.add_argument("--quick", action="store_true", help="tiny sizes (for smoke tests)")
   p.add_argument("--grid", choices=["toy", "sd"], default="toy",
                  help="hash-grid scale for `bench render`")
+  p.add_argument("--prior", default="solids", help="`bench prior`: the prior to score")
+  p.add_argument("--samples-per-prompt", type=int, default=8, help="`bench prior`: samples")
+  p.add_argument("--steps", type=int, default=50, help="`bench prior`: DDIM steps")
+  p.add_argument("--guidance-scale", type=float, default=None,
+                 help="`bench prior`: CFG scale (default: the prior's own)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--grid-out", default=None, help="`bench prior`: also write a sample grid PNG")
   p.set_defaults(handler=_cmd_bench)
 
   p = sub.add_parser("sample", help="draw images from a 2D prior with DDIM (a grid PNG)")
