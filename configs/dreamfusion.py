@@ -29,7 +29,7 @@ def get_config(preset=None):
           num_levels=8, features_per_level=2, log2_table_size=14, base_resolution=16,
           max_resolution=128)),
       bound=1.0, hidden_dim=32, num_hidden_layers=1,
-      density_activation="softplus", blob_density=5.0, blob_radius=0.3,
+      density_activation="softplus", blob_kind="linear", blob_density=10.0, blob_radius=0.5,
       normal_method="analytic", normal_eps=1e-2))
   c.render = ml_collections.ConfigDict(dict(num_samples=48, bound=1.0, stratified=True,
                                             min_near=0.0))
@@ -42,12 +42,13 @@ def get_config(preset=None):
                                                anneal_steps=0, weighting="dreamfusion")),
       view_dependent_prompt=True))
   # Probabilities of shading modes per view: albedo, lambertian, textureless (DreamFusion
-  # samples among them). The solids prior saw only Lambertian renders with the light at the
-  # camera, so the toy preset keeps to albedo/Lambertian.
+  # samples among them). Shading needs normals, i.e. second-order gradients through the
+  # field (~4x the step time on CPU), so the toy preset renders albedo only: the solids'
+  # hue and silhouette survive it, which is what the solids benchmark measures.
   c.shading = ml_collections.ConfigDict(dict(
-      probs=(0.25, 0.75, 0.0), ambient=0.35, light_jitter=0.3, albedo_warmup_steps=0))
+      probs=(1.0, 0.0, 0.0), ambient=0.35, light_jitter=0.3, albedo_warmup_steps=0))
   c.background = (1.0, 1.0, 1.0)  # plain white, as the solids world
-  c.regularizers = ml_collections.ConfigDict(dict(orientation=1e-2, opacity=0.0,
+  c.regularizers = ml_collections.ConfigDict(dict(orientation=0.0, opacity=0.0,
                                                   opacity_kind="mean"))
   c.optim = ml_collections.ConfigDict(dict(
       lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15, grad_clip=0.0))
@@ -70,8 +71,7 @@ def get_config(preset=None):
     c.field.hashgrid.update(num_levels=16, log2_table_size=19, max_resolution=2048)
     c.field.hidden_dim = 64
     c.field.num_hidden_layers = 1
-    c.field.blob_density = 10.0  # threestudio density_blob_scale 10, std 0.5
-    c.field.blob_radius = 0.5
+    # threestudio's dreamfusion-sd: density_bias blob_magic3d, scale 10, std 0.5 (the toy too).
     c.field.normal_method = "finite_difference"
     c.render.num_samples = 64
     c.guidance.timesteps.t_min = 0.02
@@ -79,7 +79,7 @@ def get_config(preset=None):
     c.shading.probs = (0.2, 0.4, 0.4)  # threestudio: textureless 0.5 after warm-up
     c.shading.ambient = 0.1
     c.shading.albedo_warmup_steps = 1000
-    c.regularizers.orientation = 1e-2  # threestudio lambda_orient 1e-2 (ramps in their yaml)
+    c.regularizers.orientation = 1e-2  # threestudio lambda_orient (ramped there; fixed here)
     c.regularizers.opacity = 1e-3  # lambda_sparsity
     c.optim.lr_grid = 1e-2  # threestudio: encoding lr 0.01, network lr 0.001
     c.optim.lr_mlp = 1e-3

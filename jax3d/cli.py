@@ -50,7 +50,9 @@ def _add_config_args(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def _cmd_bench(args, overrides):
-  del overrides
+  if overrides and args.what != "solids":
+    raise UserError(f"`jax3d bench {args.what}` takes no --config overrides")
+  args.overrides = overrides
   from jax3d import bench
   return bench.main(args)
 
@@ -119,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub.required = True
 
   p = sub.add_parser("bench", help="benchmarks: render speed, prior quality, solids quality")
-  p.add_argument("what", choices=["render", "prior"], help="which benchmark to run")
+  p.add_argument("what", choices=["render", "prior", "solids"], help="which benchmark to run")
   p.add_argument("--out", default=None, help="also write the results as JSON to this file")
   p.add_argument("--repeats", type=int, default=5, help="timed repetitions per row")
   p.add_argument("--quick", action="store_true", help="tiny sizes (for smoke tests)")
@@ -132,7 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                  help="`bench prior`: CFG scale (default: the prior's own)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--grid-out", default=None, help="`bench prior`: also write a sample grid PNG")
-  p.set_defaults(handler=_cmd_bench)
+  p.add_argument("--method", default="sds", help="`bench solids`: distillation method")
+  p.add_argument("--prompts", default="all",
+                 help="`bench solids`: 'all' (the 30 colour prompts) or 'a red cube;a blue cone'")
+  p.add_argument("--config", default=None, help="`bench solids`: config PATH.py[:PRESET]; "
+                 "override keys with --config.KEY=VALUE")
+  p.add_argument("--workdir-root", default="runs/bench-solids",
+                 help="`bench solids`: run folders go under ROOT/METHOD/PROMPT")
+  p.set_defaults(handler=_cmd_bench, takes_config=True)
 
   p = sub.add_parser("sample", help="draw images from a 2D prior with DDIM (a grid PNG)")
   p.add_argument("prompt", help="text prompt, e.g. 'a blue cone'")

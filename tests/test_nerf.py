@@ -57,12 +57,15 @@ def test_blob_density_closed_form(params, activation):
   p = blob_only(params)
   x = jax.random.uniform(jax.random.PRNGKey(4), (32, 3), minval=-1, maxval=1)
   r2 = np.sum(np.asarray(x, np.float64)**2, -1)
-  for scale in (1.0, 0.25, 0.0):
-    raw = scale * 5.0 * np.exp(-r2 / (2 * 0.3**2))
-    want = np.logaddexp(0, raw) if activation == "softplus" else np.exp(raw)
-    # blob_scale is traced here (systems anneal it inside jit).
-    got = DENSITY(p, x, cfg, jnp.float32(scale))
-    np.testing.assert_allclose(got, want, rtol=1e-5)
+  for kind in ("gaussian", "linear"):
+    cfg_k = dataclasses.replace(cfg, blob_kind=kind)
+    for scale in (1.0, 0.25, 0.0):
+      shape = (np.exp(-r2 / (2 * 0.3**2)) if kind == "gaussian" else 1 - np.sqrt(r2) / 0.3)
+      raw = scale * 5.0 * shape
+      want = np.logaddexp(0, raw) if activation == "softplus" else np.exp(raw)
+      # blob_scale is traced here (systems anneal it inside jit).
+      got = DENSITY(p, x, cfg_k, jnp.float32(scale))
+      np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["analytic", "finite_difference"])

@@ -318,3 +318,27 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
 __all__ = ["MeshData", "extract_mesh", "write_mesh", "load_mesh", "sample_density",
            "evaluate_points", "choose_level", "alpha_level", "grid_points",
            "DEFAULT_NUM_SAMPLES", "MIN_VISIBLE_OPACITY"]
+
+
+def level_matching_silhouettes(max_density: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+  """The density level L whose silhouettes best match target masks, and that IoU.
+
+  `max_density` (N,) is each ray's maximum density along its path and `target` (N,) bool
+  whether the rendered opacity of that ray exceeds one half. A surface at level L covers
+  exactly the rays with max_density > L, so IoU(L) = |{m > L} ∩ T| / |{m > L} ∪ T| is scanned
+  over every candidate L at once (the sorted ray maxima).
+  """
+  m = np.asarray(max_density, np.float64).ravel()
+  t = np.asarray(target, bool).ravel()
+  if not t.any():
+    raise UserError("the rendered views show no opaque pixel, so there is no surface to mesh; "
+                    "train longer or pass an explicit level")
+  order = np.argsort(-m)
+  m_sorted, t_sorted = m[order], t[order]
+  # Choosing L just below m_sorted[k] covers rays 0..k.
+  covered = np.arange(1, m.size + 1)
+  inter = np.cumsum(t_sorted)
+  iou = inter / (covered + t.sum() - inter)
+  k = int(np.argmax(iou))
+  below = m_sorted[k + 1] if k + 1 < m.size else 0.0
+  return float(0.5 * (m_sorted[k] + below)), float(iou[k])

@@ -55,7 +55,11 @@ class NeRFConfig:
   hidden_dim: int = 64
   num_hidden_layers: int = 1
   density_activation: str = "softplus"  # see the module docstring
-  # DreamFusion's density bias τ(x) = λ·exp(−|x|²/(2ρ²)) with λ = 5, ρ = 0.2 (Appendix A.2).
+  # Density bias added before the activation (see `blob`): "gaussian" τ = λ·exp(−|x|²/(2ρ²))
+  # (DreamFusion, Appendix A.2) or "linear" τ = λ·(1 − |x|/ρ) (Magic3D; threestudio's
+  # DreamFusion config uses it with λ = 10, ρ = 0.5). With softplus, the Gaussian form leaves
+  # a fog of softplus(0) ≈ 0.69 everywhere away from the blob; the linear one is negative there.
+  blob_kind: str = "gaussian"
   blob_density: float = 5.0
   blob_radius: float = 0.2
   normal_method: str = "finite_difference"  # or "analytic"; see the module docstring
@@ -65,6 +69,8 @@ class NeRFConfig:
     if self.density_activation not in DENSITY_ACTIVATIONS:
       raise UserError(f"unknown density_activation {self.density_activation!r}; choose one of "
                       f"{', '.join(DENSITY_ACTIVATIONS)}")
+    if self.blob_kind not in ("gaussian", "linear"):
+      raise UserError(f"unknown blob_kind {self.blob_kind!r}; choose gaussian or linear")
     if self.normal_method not in NORMAL_METHODS:
       raise UserError(f"unknown normal_method {self.normal_method!r}; choose one of "
                       f"{', '.join(NORMAL_METHODS)}")
@@ -105,8 +111,11 @@ def init(key: jax.Array, cfg: NeRFConfig) -> Params:
 
 
 def blob(x: jax.Array, cfg: NeRFConfig) -> jax.Array:
-  """The density bias blob_density · exp(−|x|² / (2·blob_radius²)), shape (...,)."""
-  return cfg.blob_density * jnp.exp(-jnp.sum(x * x, axis=-1) / (2.0 * cfg.blob_radius**2))
+  """The pre-activation density bias (...,): λ·exp(−|x|²/(2ρ²)) or λ·(1 − |x|/ρ)."""
+  r2 = jnp.sum(x * x, axis=-1)
+  if cfg.blob_kind == "linear":
+    return cfg.blob_density * (1.0 - jnp.sqrt(r2 + 1e-12) / cfg.blob_radius)
+  return cfg.blob_density * jnp.exp(-r2 / (2.0 * cfg.blob_radius**2))
 
 
 def _activate_density(raw: jax.Array, cfg: NeRFConfig) -> jax.Array:

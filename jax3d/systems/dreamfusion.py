@@ -125,10 +125,24 @@ def make_optimizer(cfg: SystemConfig) -> optax.GradientTransformation:
   return tx
 
 
-def field_fn_for(cfg: SystemConfig, params, shading_mode, light_pos, blob):
+def needs_normals(cfg: SystemConfig) -> bool:
+  """Whether training needs per-sample normals (shading or the orientation loss).
+
+  Normals are the density gradient, so training through them is second order; an
+  albedo-only configuration skips them entirely (about 3x cheaper on CPU).
+  """
+  return cfg.shading.probs[1] > 0 or cfg.shading.probs[2] > 0 or cfg.orientation_weight > 0
+
+
+def field_fn_for(cfg: SystemConfig, params, shading_mode, light_pos, blob,
+                 with_normals: bool = True):
   """A `volume.render_rays` field: density, shaded 'rgb' and 'normal' per sample."""
   def fn(points, dirs):
     del dirs
+    if not with_normals:
+      q = nerf.query(params, points, cfg.field, blob)
+      return {"density": q["density"], "rgb": q["albedo"],
+              "normal": jnp.zeros_like(q["albedo"])}
     q = nerf.query(params, points, cfg.field, blob, with_normals=True)
     light_dir = light_pos - points
     rgb = nerf.shade(q["albedo"], q["normal"], light_dir, shading_mode, cfg.shading.ambient)
@@ -142,11 +156,14 @@ def render_views(cfg: SystemConfig, params, cams: cameras.Camera, key, shading_m
   v, h, w = cams.fov_y.shape[0], cams.height, cams.width
   origins, dirs = cameras.rays(cams)
 
+  with_normals = needs_normals(cfg)
+
   def one(o, d, k, mode, light):
-    out = volume.render_rays(field_fn_for(cfg, params, mode, light, blob), o.reshape(-1, 3),
-                             d.reshape(-1, 3), k, cfg.render,
+    out = volume.render_rays(field_fn_for(cfg, params, mode, light, blob, with_normals),
+                             o.reshape(-1, 3), d.reshape(-1, 3), k, cfg.render,
                              background={"rgb": jnp.asarray(cfg.background)})
-    orient = nerf.orientation_loss(out["weights"], out["samples"]["normal"], d.reshape(-1, 3))
+    orient = (nerf.orientation_loss(out["weights"], out["samples"]["normal"], d.reshape(-1, 3))
+              if with_normals else jnp.zeros(()))
     return {"rgb": out["rgb"].reshape(h, w, 3), "opacity": out["opacity"].reshape(h, w),
             "normal": out["normal"].reshape(h, w, 3), "orientation": orient}
 
