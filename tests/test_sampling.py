@@ -107,7 +107,7 @@ def test_sample_command_writes_a_grid(pixel_folder, tmp_path, capsys):
        "--seed", "1", "--out", str(out)])
   assert sampling.sample_command(args) == 0
   grid = np.asarray(Image.open(out))
-  assert grid.shape == (2 * 18 + 2, 2 * 18 + 2, 3)  # 3 images of 16×16 in a 2×2 grid.
+  assert grid.shape == (2 * 16 + 2, 2 * 16 + 2, 3)  # 3 images of 16×16 in a 2×2 grid, 2 px gutters.
   assert "wrote 3 sample(s)" in capsys.readouterr().out
   assert not list(tmp_path.glob("*.tmp"))
 
