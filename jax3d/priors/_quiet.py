@@ -24,3 +24,7 @@ for _lib in (_diffusers_logging, _transformers_logging):
   for _handler in _root.handlers:
     _handler.addFilter(_DropFlaxDeprecation())
   _root.addFilter(_DropFlaxDeprecation())
+  # Records from child loggers also propagate to Python's root logger, whose handlers (set
+  # up by absl or basicConfig in some environments) would print the notice unfiltered; the
+  # library's own handler above already prints everything else.
+  _root.propagate = False
