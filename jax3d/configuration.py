@@ -87,22 +87,17 @@ def apply_overrides(config: ml_collections.ConfigDict,
     key, sep, raw = item.partition("=")
     if not sep:
       raise UserError(f"override {item!r} needs a value: --config.{key}=VALUE")
-    *parents, leaf = key.split(".")
-    node = config
-    for i, part in enumerate(parents):
-      if not isinstance(node, ml_collections.ConfigDict):
-        raise UserError(f"{'.'.join(parents[:i])!r} is a value, not a group; "
+    parts = key.split(".")
+    parent = config
+    for i, part in enumerate(parts):
+      if not isinstance(parent, ml_collections.ConfigDict):
+        raise UserError(f"{'.'.join(parts[:i])!r} is a value, not a group; "
                         f"--config.{key} cannot set a key below it")
-      if part not in node:
-        raise UserError(f"unknown config key {'.'.join(parents[:i + 1])!r} in --config.{key}; "
-                        f"known keys at that level: {', '.join(sorted(node.keys()))}")
-      node = node[part]
-    if not isinstance(node, ml_collections.ConfigDict):
-      raise UserError(f"{'.'.join(parents)!r} is a value, not a group; "
-                      f"--config.{key} cannot set a key below it")
-    if leaf not in node:
-      raise UserError(f"unknown config key {key!r}; known keys at that level: "
-                      f"{', '.join(sorted(node.keys()))}")
+      if part not in parent:
+        raise UserError(f"unknown config key {'.'.join(parts[:i + 1])!r} in --config.{key}; "
+                        f"known keys at that level: {', '.join(sorted(parent.keys()))}")
+      node, parent = parent, parent[part]
+    leaf = parts[-1]
     old = node[leaf]
     value = _parse_value(raw)
     if isinstance(old, str):

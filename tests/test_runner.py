@@ -111,7 +111,7 @@ def test_non_finite_loss_stops_before_checkpointing(tmp_path):
   ckpt = Checkpointer(str(tmp_path / "ckpt"))
   with pytest.raises(loop.NonFiniteError, match="non-finite loss at step 3"):
     loop.run(step_fn, {"x": jnp.zeros(())}, jax.random.key(0),
-             loop.Schedule(num_steps=10, checkpoint_every=1), str(tmp_path), ckpt)
+             loop.Schedule(num_steps=10, checkpoint_every=1), ckpt)
   assert ckpt.latest_step() == 2
   ckpt.close()
 

@@ -93,16 +93,13 @@ render = jax.jit(_render_one, static_argnames=("supersample", "num_steps"))
 
 def _render_many(solid, rgb, camera: cameras.Camera, supersample: int, ambient: float,
                  num_steps: int) -> dict[str, jax.Array]:
-  if isinstance(solid, str):
-    fn = lambda col, c2w, fov: _render_one(
-        solid, col, cameras.Camera(c2w=c2w, fov_y=fov, height=camera.height,
-                                   width=camera.width),
-        supersample=supersample, ambient=ambient, num_steps=num_steps)
-    return jax.vmap(fn)(jnp.asarray(rgb), camera.c2w, camera.fov_y)
-  fn = lambda sol, col, c2w, fov: _render_one(
-      sol, col, cameras.Camera(c2w=c2w, fov_y=fov, height=camera.height, width=camera.width),
-      supersample=supersample, ambient=ambient, num_steps=num_steps)
-  return jax.vmap(fn)(jnp.asarray(solid), jnp.asarray(rgb), camera.c2w, camera.fov_y)
+  def one(sol, col, c2w, fov):
+    cam = cameras.Camera(c2w=c2w, fov_y=fov, height=camera.height, width=camera.width)
+    return _render_one(sol, col, cam, supersample=supersample, ambient=ambient,
+                       num_steps=num_steps)
+  if isinstance(solid, str):  # One static solid: closed over, only its SDF is traced.
+    return jax.vmap(functools.partial(one, solid))(jnp.asarray(rgb), camera.c2w, camera.fov_y)
+  return jax.vmap(one)(jnp.asarray(solid), jnp.asarray(rgb), camera.c2w, camera.fov_y)
 
 
 _render_many_static = jax.jit(_render_many,

@@ -83,7 +83,7 @@ def _to_host(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def run(step_fn: Callable[[Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]],
-        init_state: Any, seed_key: jax.Array, schedule: Schedule, workdir: str,
+        init_state: Any, seed_key: jax.Array, schedule: Schedule,
         checkpointer: Checkpointer, logger: Logger | None = None,
         preview_fn: Callable[[int, Any], None] | None = None,
         meta: dict[str, Any] | None = None, bar_keys: tuple[str, ...] = ("loss",),
@@ -93,7 +93,6 @@ def run(step_fn: Callable[[Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
   `stop_after` ends the run early after that many steps of this call, checkpointing first
   (used by tests to simulate an interruption).
   """
-  del workdir
   state, resumed_from, start = init_state, None, 0
   if checkpointer.latest_step() is not None:
     state, _, start = checkpointer.restore(init_state)

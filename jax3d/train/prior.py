@@ -164,7 +164,7 @@ def train(workdir: str, cfg: ml_collections.ConfigDict, stop_after: int | None =
                            preview_every=cfg.sample_every)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
-    result = loop.run(lambda s, k: step(s, data, k), state, k_train, schedule, workdir,
+    result = loop.run(lambda s, k: step(s, data, k), state, k_train, schedule,
                       checkpointer, logger, preview_fn=preview if cfg.sample_every else None,
                       meta={"config": cfg.to_dict()}, stop_after=stop_after)
   finally:

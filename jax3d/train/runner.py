@@ -220,7 +220,7 @@ def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str = "
     result = loop.run(system.train_step, state, k_train,
                       loop.Schedule(cfg.num_steps, cfg.log_every, cfg.checkpoint_every,
                                     cfg.preview_every),
-                      workdir, checkpointer, logger, preview_fn=preview,
+                      checkpointer, logger, preview_fn=preview,
                       meta={"prompt": prompt}, bar_keys=("loss", "mean_opacity"),
                       stop_after=stop_after)
   finally:
