@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("generate", help="text to 3D: train a field on a prompt and export it")
   p.add_argument("prompt", help="text prompt, e.g. 'a red cube'")
   p.add_argument("--workdir", required=True, help="run folder; rerun to resume")
-  p.add_argument("--method", default="sds", help="distillation method: sds")
+  p.add_argument("--method", default="sds", help="distillation method: sds or sjc")
   p.add_argument("--prior", default="solids",
                  help="'solids' (shipped), 'analytic' (exact, solids prompts) or a diffusers "
                       "folder")

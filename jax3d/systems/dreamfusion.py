@@ -4,34 +4,28 @@ One training step for one particle (Poole et al. 2022, Sec. 3):
   cameras ~ orbit distribution; prompt += view suffix (front/side/back/overhead)
   image = render(θ, camera) with shading ∈ {albedo, Lambertian, textureless}
   L = SDS(image) + λ_orient · orientation + λ_opacity · opacity
-and Adam on θ. The step is written for one particle and `vmap`ped over the leading particle
-axis of the state; with several devices that axis is sharded over the `particles` mesh axis.
-Particle k's randomness is `fold_in(step_key, particle_id_k)` and its init key
-`fold_in(init_key, particle_id_k)`, so particle k of a P-run is the same as a 1-particle run
-with particle id k.
+and Adam on θ. The particle population, its sharding, the vmapped step and the renders for
+export come from `systems.particles.ParticleSystem`; this module adds the SDS loss.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from jax3d import cameras
 from jax3d.errors import UserError
 from jax3d.fields import nerf
+from jax3d.fields import radiance
 from jax3d.guidance import sds
 from jax3d.guidance import timesteps as timesteps_lib
 from jax3d.priors.base import Prior
 from jax3d.render import volume
-from jax3d.train import sharding
-
-State = dict[str, Any]
+from jax3d.systems import particles
+from jax3d.systems.particles import State, view_prompts  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +57,7 @@ class SystemConfig:
   blob_start: float
   blob_end: float
   blob_steps: int
-  lr_grid: float
-  lr_mlp: float
-  b1: float
-  b2: float
-  eps: float
-  grad_clip: float
+  optim: particles.OptimConfig
 
   @classmethod
   def from_config(cls, prompt: str, c: ml_collections.ConfigDict) -> "SystemConfig":
@@ -96,14 +85,7 @@ class SystemConfig:
         opacity_weight=float(c.regularizers.opacity),
         opacity_kind=str(c.regularizers.opacity_kind),
         blob_start=float(c.blob.start), blob_end=float(c.blob.end), blob_steps=int(c.blob.steps),
-        lr_grid=float(c.optim.lr_grid), lr_mlp=float(c.optim.lr_mlp), b1=float(c.optim.b1),
-        b2=float(c.optim.b2), eps=float(c.optim.eps), grad_clip=float(c.optim.grad_clip))
-
-
-def view_prompts(prompt: str, view_dependent: bool) -> list[str]:
-  """The prompt per view label (VIEW_LABELS order), suffixed when view-dependent."""
-  return [prompt + (cameras.view_suffix(v) if view_dependent else "")
-          for v in cameras.VIEW_LABELS]
+        optim=particles.OptimConfig.from_config(c.optim))
 
 
 def blob_scale(cfg: SystemConfig, step) -> jax.Array:
@@ -111,18 +93,6 @@ def blob_scale(cfg: SystemConfig, step) -> jax.Array:
     return jnp.asarray(cfg.blob_start, jnp.float32)
   frac = jnp.clip(jnp.asarray(step, jnp.float32) / cfg.blob_steps, 0.0, 1.0)
   return cfg.blob_start + (cfg.blob_end - cfg.blob_start) * frac
-
-
-def make_optimizer(cfg: SystemConfig) -> optax.GradientTransformation:
-  """Adam with the anchors' learning rates: hash grid ~1e-2, MLP lower (threestudio)."""
-  def adam(lr):
-    return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-  labels = lambda params: {"encoding": "grid", "mlp": jax.tree.map(lambda _: "mlp",
-                                                                   params["mlp"])}
-  tx = optax.multi_transform({"grid": adam(cfg.lr_grid), "mlp": adam(cfg.lr_mlp)}, labels)
-  if cfg.grad_clip > 0:
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
-  return tx
 
 
 def needs_normals(cfg: SystemConfig) -> bool:
@@ -171,40 +141,18 @@ def render_views(cfg: SystemConfig, params, cams: cameras.Camera, key, shading_m
   return jax.vmap(one)(origins, dirs, keys, shading_mode, light_pos)
 
 
-class DreamFusion:
+class DreamFusion(particles.ParticleSystem):
   """The SDS system: pure `init` and `train_step` over a particle population."""
 
   def __init__(self, cfg: SystemConfig, prior: Prior, mesh=None):
-    self.cfg = cfg
-    self.prior = prior
-    self.mesh = mesh if mesh is not None else sharding.particle_mesh(cfg.num_particles)
-    self.tx = make_optimizer(cfg)
-    prompts = view_prompts(cfg.prompt, cfg.view_dependent_prompt)
-    # Embeddings per view label and the unconditional one, computed once (cached by the prior).
-    self.cond_table = prior.embed(prompts)
-    self.uncond = prior.uncond(1)
-    self._step = self._build_step()
-    self._density_base = functools.partial(_density, field_cfg=cfg.field)
-    self._albedo_base = functools.partial(_albedo, field_cfg=cfg.field)
+    super().__init__(cfg, prior, radiance.NeRFField(cfg.field), mesh)
 
-  # ---- init ----
-  def init_particle(self, key: jax.Array, particle_id) -> State:
-    params = nerf.init(jax.random.fold_in(key, particle_id), self.cfg.field)
-    return {"params": params, "opt_state": self.tx.init(params)}
+  def blob(self, step) -> jax.Array:
+    return blob_scale(self.cfg, step)
 
-  def init(self, key: jax.Array, particle_ids=None) -> State:
-    """State with leading particle axis P: params, opt_state, particle_id; plus a step count."""
-    ids = jnp.arange(self.cfg.num_particles) if particle_ids is None else jnp.asarray(
-        particle_ids)
-    if ids.shape != (self.cfg.num_particles,):
-      raise ValueError(f"particle_ids must have shape ({self.cfg.num_particles},)")
-    per_particle = jax.jit(jax.vmap(self.init_particle, in_axes=(None, 0)))(key, ids)
-    state = dict(per_particle, particle_id=ids.astype(jnp.int32))
-    state = sharding.shard_particles(state, self.mesh)
-    state["step"] = jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(self.mesh))
-    return state
+  def eval_field_fn(self, params, mode, light_pos, blob):
+    return field_fn_for(self.cfg, params, mode, light_pos, blob)
 
-  # ---- one particle's loss ----
   def particle_loss(self, params, key, step, prior_params, cond_table, uncond):
     cfg = self.cfg
     k_cam, k_render, k_t, k_noise, k_shade, k_light = jax.random.split(key, 6)
@@ -233,70 +181,3 @@ class DreamFusion:
                "t": jnp.mean(t.astype(jnp.float32)) / self.prior.num_train_timesteps,
                "residual_norm": aux["residual_norm"]}
     return loss, metrics
-
-  def particle_step(self, particle: State, key, step, prior_params, cond_table, uncond):
-    key = jax.random.fold_in(key, particle["particle_id"])
-    grads, metrics = jax.grad(self.particle_loss, has_aux=True)(
-        particle["params"], key, step, prior_params, cond_table, uncond)
-    updates, opt_state = self.tx.update(grads, particle["opt_state"], particle["params"])
-    params = optax.apply_updates(particle["params"], updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return dict(particle, params=params, opt_state=opt_state), metrics
-
-  def _build_step(self):
-    def step_fn(state, key, prior_params, cond_table, uncond):
-      particles = {k: v for k, v in state.items() if k != "step"}
-      new, metrics = jax.vmap(self.particle_step, in_axes=(0, None, None, None, None, None))(
-          particles, key, state["step"], prior_params, cond_table, uncond)
-      new["step"] = state["step"] + 1
-      # Metrics: the population mean (per-particle values stay in `metrics_per_particle`).
-      return new, {k: jnp.mean(v) for k, v in metrics.items()}
-    return jax.jit(step_fn, donate_argnums=(0,))
-
-  def train_step(self, state: State, key: jax.Array) -> tuple[State, dict[str, jax.Array]]:
-    """One SDS step for every particle; pure in (state, key) given the frozen prior."""
-    return self._step(state, key, self.prior.params, self.cond_table, self.uncond)
-
-  # ---- views of one trained particle (previews, export) ----
-  def particle_params(self, state: State, k: int):
-    return jax.tree.map(lambda x: x[k], state["params"])
-
-  @functools.cached_property
-  def _render_eval(self) -> Callable:
-    cfg = self.cfg
-
-    @functools.partial(jax.jit, static_argnames=("height", "width", "mode"))
-    def render(params, c2w, fov, height, width, mode, blob):
-      cam = cameras.Camera(c2w=c2w, fov_y=fov, height=height, width=width)
-      fn = field_fn_for(cfg, params, mode, cam.position, blob)
-      out = volume.render_image(fn, cam, None, cfg.render,
-                                background={"rgb": jnp.asarray(cfg.background)}, chunk=4096)
-      return {"rgb": jnp.clip(out["rgb"], 0.0, 1.0), "normal": out["normal"],
-              "opacity": out["opacity"]}
-    return render
-
-  def render(self, params, camera: cameras.Camera, step: int, mode: str = "lambertian"):
-    """Deterministic render of one particle from one camera: rgb, normal, opacity maps."""
-    return self._render_eval(params, camera.c2w, camera.fov_y, camera.height, camera.width,
-                             nerf.shading_index(mode), blob_scale(self.cfg, step))
-
-  def density_fn(self, params, step: int):
-    blob = blob_scale(self.cfg, step)
-    return jax.tree_util.Partial(self._density_base, params, blob)
-
-  def color_fn(self, params, step: int):
-    blob = blob_scale(self.cfg, step)
-    return jax.tree_util.Partial(self._albedo_base, params, blob)
-
-  @property
-  def render_step_size(self) -> float:
-    """The renderer's sample spacing across the scene box (for the mesh iso-level)."""
-    return 2.0 * self.cfg.render.bound * 3**0.5 / self.cfg.render.num_samples
-
-
-def _density(params, blob, x, field_cfg):
-  return nerf.density(params, x, field_cfg, blob)
-
-
-def _albedo(params, blob, x, field_cfg):
-  return nerf.query(params, x, field_cfg, blob)["albedo"]

@@ -26,8 +26,8 @@ import numpy as np
 from jax3d import cameras, configuration
 from jax3d.errors import UserError
 
-METHODS = ("sds",)
-DEFAULT_CONFIGS = {"sds": "dreamfusion"}
+METHODS = ("sds", "sjc")
+DEFAULT_CONFIGS = {"sds": "dreamfusion", "sjc": "sjc"}
 PREVIEW_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 
 
@@ -84,6 +84,9 @@ def make_system(method: str, prompt: str, cfg: ml_collections.ConfigDict, prior)
   if method == "sds":
     from jax3d.systems import dreamfusion  # pylint: disable=g-import-not-at-top
     return dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config(prompt, cfg), prior)
+  if method == "sjc":
+    from jax3d.systems import sjc  # pylint: disable=g-import-not-at-top
+    return sjc.SJC(sjc.SystemConfig.from_config(prompt, cfg, prior), prior)
   raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 

@@ -1,0 +1,83 @@
+"""Score Jacobian Chaining (PAAS on a voxel grid): `jax3d generate PROMPT --method sjc`.
+
+Presets:
+  toy  the shipped solids prior on a laptop CPU: an RGB voxel grid rendered at 32x32, K = 4
+       perturbations per view.
+  sd   the official Stable Diffusion setting (pals-ttic/sjc `run_sjc.py`, cited inline): a 100^3
+       voxel grid of 4 latent channels rendered at 64x64, Adamax 0.05, 10k steps, CFG 100,
+       K = 1, emptiness loss 1e4 x log(1 + 10 w) (x20 from halfway), --prior PATH.
+"""
+
+import ml_collections
+
+
+def get_config(preset=None):
+  preset = preset or "toy"
+  c = ml_collections.ConfigDict()
+  c.method = "sjc"
+  c.seed = 0
+  c.num_particles = 1
+  c.num_steps = 600
+  c.views_per_step = 1  # official: one view per step
+  c.render_space = "image"  # 'latent' renders the prior's latent channels (SD)
+  c.max_memory_gb = 8.0  # refuse voxel grids whose estimated training memory exceeds this
+
+  c.camera = ml_collections.ConfigDict(dict(
+      height=32, width=32, distance=2.0, distance_jitter=0.1, fov_deg=40.0,
+      fov_jitter_deg=0.0, elevation_range=(-10.0, 45.0), azimuth_range=(-180.0, 180.0)))
+  c.field = ml_collections.ConfigDict(dict(
+      kind="voxel",  # or "nerf": the hash-grid NeRF of configs/dreamfusion.py
+      voxel=ml_collections.ConfigDict(dict(
+          resolution=64, channels=3, bound=1.0,
+          density_shift=-1.0,  # official: density_shift -1 with softplus
+          density_activation="softplus", feature_activation="sigmoid",
+          feature_init_scale=1.0)),
+      nerf=ml_collections.ConfigDict(dict(
+          hashgrid=ml_collections.ConfigDict(dict(
+              num_levels=8, features_per_level=2, log2_table_size=14, base_resolution=16,
+              max_resolution=128)),
+          bound=1.0, hidden_dim=32, num_hidden_layers=1, density_activation="softplus",
+          blob_kind="linear", blob_density=10.0, blob_radius=0.5, normal_method="analytic",
+          normal_eps=1e-2))))
+  c.render = ml_collections.ConfigDict(dict(num_samples=64, bound=1.0, stratified=True,
+                                            min_near=0.0))
+  c.guidance = ml_collections.ConfigDict(dict(
+      scale=100.0,  # official CFG scale
+      num_perturbations=4,  # K (official SD setting: 1)
+      trim_low=30, trim_high=10,  # official `us[30:-10]`
+      variance_reduction=True,  # official `var_red`
+      view_dependent_prompt=True))
+  c.background = (1.0, 1.0, 1.0)  # RGB; for latent renders, the latent of a plain image of it
+  c.regularizers = ml_collections.ConfigDict(dict(
+      emptiness_weight=1e4, emptiness_scale=10.0,  # official
+      emptiness_step=0.5, emptiness_multiplier=20.0,  # official: x20 from halfway
+      center_depth_weight=0.0,  # official depth_weight 0 (off)
+      center_depth_border=7 / 64))  # official: the outer 7 of 64 pixels
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamax", lr_grid=0.05, lr_mlp=0.05,  # official: Adamax, lr 0.05
+      b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0))
+  c.log_every = 20
+  c.preview_every = 200
+  c.checkpoint_every = 200
+  c.export = ml_collections.ConfigDict(dict(
+      mesh_resolution=96, mesh_level=-1.0,  # -1: the renderer-consistent automatic level
+      video_frames=36, video_size=128, video_elevation=15.0, video_fps=12))
+
+  if preset == "toy":
+    pass
+  elif preset == "sd":
+    c.num_steps = 10000  # official n_steps
+    c.render_space = "latent"
+    c.camera.height = c.camera.width = 64  # official rend_hw 64 (SD's latent size)
+    c.camera.fov_deg = 60.0  # official FoV 60, radius 1.5
+    c.camera.distance, c.camera.distance_jitter = 1.5, 0.0
+    c.field.voxel.update(resolution=100, channels=4, feature_activation="identity")
+    c.render.num_samples = 200
+    c.guidance.num_perturbations = 1  # official bs = 1
+    c.preview_every = 500
+    c.checkpoint_every = 1000
+    c.export.mesh_resolution = 200
+    c.export.video_size = 256
+  else:
+    raise KeyError(f"unknown preset {preset!r}; use toy or sd")
+  return c
