@@ -299,16 +299,120 @@ def solids_settings(args) -> dict[str, Any]:
                         "IoU >= 0.85 (shipped prior); IoU >= 0.92 (analytic prior)"}
 
 
+def _time_steps(step, state, key, repeats: int) -> tuple[float, float, Any]:
+  """(first-call seconds incl. compile, median seconds per later call, final state) of a
+  state-threading step (the state may be donated, so each call takes the last output)."""
+  import jax
+  t0 = time.perf_counter()
+  state, metrics = step(state, key)
+  jax.block_until_ready(metrics)
+  first = time.perf_counter() - t0
+  times = []
+  for i in range(max(2, repeats)):
+    t0 = time.perf_counter()
+    state, metrics = step(state, jax.random.fold_in(key, i))
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  return first, statistics.median(times), state
+
+
+def bench_step(args) -> list[Row]:
+  """Per-step cost of a distillation method and its split into render, prior and the rest.
+
+  Rows: the whole jitted train step (one particle); the render forward and forward+backward
+  of the step's views; the prior's guidance call alone (SDS residual, or PAAS with its K
+  perturbations); and `rest` = step − render fwd+bwd − prior (the loss, the chain through
+  the encoder, the optimizer). For SJC the step and the prior call are repeated for
+  K = 1, 2, 4, 8 perturbations, each with its ratio to K = 1.
+  """
+  import jax
+  import jax.numpy as jnp
+  from jax3d import cameras, configuration
+  from jax3d.priors import registry
+  from jax3d.train import runner
+
+  if args.method not in runner.METHODS:
+    raise UserError(f"unknown method {args.method!r}; choose one of {', '.join(runner.METHODS)}")
+  prior = registry.load_prior(args.prior)
+  prompt = "a red cube"
+  cfg = configuration.load(args.config or runner.DEFAULT_CONFIGS[args.method])
+  cfg = configuration.apply_overrides(cfg, getattr(args, "overrides", []))
+  cfg.num_particles = 1
+  repeats = _repeats(args)
+  ks = (1, 2) if args.quick else (1, 2, 4, 8)
+  ks = ks if args.method == "sjc" else (None,)
+  rows, base = [], {}
+  for k in ks:
+    if k is not None:
+      cfg.guidance.num_perturbations = k
+    system = runner.make_system(args.method, prompt, cfg, prior)
+    state = system.init(jax.random.key(0))
+    first, step_s, state = _time_steps(system.train_step, state, jax.random.key(1), repeats)
+    params = system.particle_params(state, 0)
+    v = system.cfg.views_per_step
+    cams = cameras.sample(jax.random.key(2), v, system.cfg.camera)
+    render = _step_render_fn(system, cams)
+    _, render_s = time_compiled(render, (params, jax.random.key(3)), repeats)
+    _, render_bwd_s = time_compiled(
+        jax.grad(lambda p, key: jnp.sum(render(p, key))), (params, jax.random.key(3)), repeats)
+    prior_fn = _step_prior_fn(system, v)
+    x = jnp.zeros((v,) + tuple(prior.latent_shape), jnp.float32)
+    _, prior_s = time_compiled(prior_fn, (prior.params, x, jax.random.key(4)), repeats)
+    row = {"method": args.method, "K": k or "-", "views": v,
+           "step_s": step_s, "steps_per_s": 1.0 / step_s, "first_step_s": first,
+           "render_fwd_s": render_s, "render_fwd_bwd_s": render_bwd_s, "prior_s": prior_s,
+           "rest_s": step_s - render_bwd_s - prior_s}
+    if k is not None:
+      base = base or {"step": step_s, "prior": prior_s}
+      row["step_vs_K1"] = step_s / base["step"]
+      row["prior_vs_K1"] = prior_s / base["prior"]
+    rows.append(row)
+  return rows
+
+
+def _step_render_fn(system, cams):
+  """The render a training step makes for `cams` (before the prior), as (params, key) -> x."""
+  import jax.numpy as jnp
+  from jax3d.systems import dreamfusion
+  if isinstance(system, dreamfusion.DreamFusion):
+    cfg = system.cfg
+    v = cams.fov_y.shape[0]
+    return lambda p, key: dreamfusion.render_views(
+        cfg, p, cams, key, jnp.zeros((v,), jnp.int32), cams.position, system.blob(0))["rgb"]
+  return lambda p, key: system.render_views(p, cams, key)["color"]
+
+
+def _step_prior_fn(system, v: int):
+  """The step's guidance call on a fixed x0: (prior_params, x0, key) -> residual."""
+  import jax.numpy as jnp
+  from jax3d.guidance import sds, sjc
+  prior = system.prior
+  cond, uncond = system.cond_table[:1].repeat(v, 0), system.uncond.repeat(v, 0)
+  t = jnp.full((v,), prior.num_train_timesteps // 2, jnp.int32)
+  if hasattr(system.cfg, "paas"):
+    return lambda pp, x, key: sjc.paas(prior, pp, key, x, t, cond, uncond, system.cfg.paas)[0]
+  return lambda pp, x, key: sds.sds_residual(prior, pp, key, x, t, cond, uncond,
+                                             system.cfg.guidance_scale)[0]
+
+
+def step_settings(args) -> dict[str, Any]:
+  return {"method": args.method, "prior": args.prior, "config": args.config,
+          "grid_label": "one particle, 'a red cube'; seconds are medians, compile excluded "
+                        "(first_step_s includes it); rest = step - render fwd+bwd - prior"}
+
+
 BENCHMARKS: dict[str, Callable[[Any], list[Row]]] = {
     "render": bench_render,
     "prior": bench_prior,
     "solids": bench_solids,
+    "step": bench_step,
 }
 # Optional: name -> (args -> dict) describing a benchmark's settings for the header and JSON.
 SETTINGS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "render": render_settings,
     "prior": prior_settings,
     "solids": solids_settings,
+    "step": step_settings,
 }
 
 
@@ -334,7 +438,7 @@ def main(args) -> int:
   title = (f"jax3d bench {args.what}: {header['device']} x{header['device_count']} "
            f"({header['platform']}), jax {header['jax_version']}"
            f"{' (quick)' if args.quick else ''}")
-  if args.what == "render":
+  if args.what in ("render", "step"):
     title += f"; median of {header['repeats']} runs, compile excluded"
   if "grid_label" in settings:
     title += f"\n{settings['grid_label']}"

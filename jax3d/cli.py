@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from jax3d.errors import UserError
+from jax3d.errors import Interrupted, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -50,7 +50,7 @@ def _add_config_args(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def _cmd_bench(args, overrides):
-  if overrides and args.what != "solids":
+  if overrides and args.what not in ("solids", "step"):
     raise UserError(f"`jax3d bench {args.what}` takes no --config overrides")
   args.overrides = overrides
   from jax3d import bench
@@ -121,23 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
   sub.required = True
 
   p = sub.add_parser("bench", help="benchmarks: render speed, prior quality, solids quality")
-  p.add_argument("what", choices=["render", "prior", "solids"], help="which benchmark to run")
+  p.add_argument("what", choices=["render", "prior", "solids", "step"],
+                 help="which benchmark to run")
   p.add_argument("--out", default=None, help="also write the results as JSON to this file")
   p.add_argument("--repeats", type=int, default=5, help="timed repetitions per row")
   p.add_argument("--quick", action="store_true", help="tiny sizes (for smoke tests)")
   p.add_argument("--grid", choices=["toy", "sd"], default="toy",
                  help="hash-grid scale for `bench render`")
-  p.add_argument("--prior", default="solids", help="`bench prior`: the prior to score")
+  p.add_argument("--prior", default="solids",
+                 help="`bench prior`: the prior to score; `solids`/`step`: the prior to use")
   p.add_argument("--samples-per-prompt", type=int, default=8, help="`bench prior`: samples")
   p.add_argument("--steps", type=int, default=50, help="`bench prior`: DDIM steps")
   p.add_argument("--guidance-scale", type=float, default=None,
                  help="`bench prior`: CFG scale (default: the prior's own)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--grid-out", default=None, help="`bench prior`: also write a sample grid PNG")
-  p.add_argument("--method", default="sds", help="`bench solids`: distillation method")
+  p.add_argument("--method", default="sds", help="`bench solids`/`step`: distillation method")
   p.add_argument("--prompts", default="all",
                  help="`bench solids`: 'all' (the 30 colour prompts) or 'a red cube;a blue cone'")
-  p.add_argument("--config", default=None, help="`bench solids`: config PATH.py[:PRESET]; "
+  p.add_argument("--config", default=None, help="`bench solids`/`step`: config PATH.py[:PRESET]; "
                  "override keys with --config.KEY=VALUE")
   p.add_argument("--workdir-root", default="runs/bench-solids",
                  help="`bench solids`: run folders go under ROOT/METHOD/PROMPT")
@@ -211,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except UserError as e:
     print(f"jax3d: error: {e}", file=sys.stderr)
     return EXIT_USER_ERROR
+  except Interrupted as e:
+    print(f"jax3d: {e}", file=sys.stderr)
+    return 130
   except KeyboardInterrupt:
     print("jax3d: interrupted", file=sys.stderr)
     return 130

@@ -246,3 +246,25 @@ def test_cli_module_error_is_one_line_without_traceback():
   lines = out.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith("jax3d: error: "), out.stderr
   assert "nope" in lines[0] and out.stdout == ""
+
+
+def test_interrupted_training_is_one_line_and_exit_130(capsys, monkeypatch):
+  from jax3d.errors import Interrupted  # pylint: disable=g-import-not-at-top
+  fake = types.ModuleType("jax3d.bench")
+
+  def interrupted(args):
+    raise Interrupted(7)
+  fake.main = interrupted
+  monkeypatch.setitem(sys.modules, "jax3d.bench", fake)
+  monkeypatch.setattr(jax3d, "bench", fake, raising=False)
+  code = cli.main(["bench", "render", "--quick"])
+  _, err = capsys.readouterr()
+  assert code == 130
+  assert err.strip().splitlines() == [
+      "jax3d: interrupted; checkpoint saved at step 7: rerun the same command to resume"]
+
+
+def test_python_dash_m_jax3d_runs_the_cli():
+  out = subprocess.run([sys.executable, "-m", "jax3d", "bench", "nope"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 2 and "nope" in out.stderr

@@ -134,6 +134,12 @@ def _assert_user_error(r, workdir, needle):
     (["a red cube", "--prior", "analytic", "--config.num_steps=abc"], "must be a number"),
     (["a red cube", "--method", "dreamtime"], "unknown method"),
     (["a red cube", "--prior", "/no/such/folder"], "/no/such/folder"),
+    (["a red cube", "--method", "sjc", "--prior", "analytic",
+      "--config.guidance.num_perturbations=0"], "num_perturbations (K) must be >= 1"),
+    (["a red cube", "--method", "sjc", "--prior", "analytic", "--config.guidance.trim_low=995"],
+     "sigma trim"),
+    (["a red cube", "--method", "sjc", "--prior", "analytic",
+      "--config.field.voxel.resolution=1500"], "GiB"),
 ])
 def test_generate_bad_inputs(args, needle, tmp_path):
   workdir = str(tmp_path / "w")

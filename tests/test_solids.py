@@ -410,13 +410,27 @@ def test_image_colour_ignores_shading_and_background():
   rgb = scenes.albedo("yellow")
   shade = np.linspace(0.35, 1.0, 16)[:, None, None] * np.ones((16, 16, 1))
   alpha = np.linspace(0.2, 1.0, 16)[None, :, None]
-  image = alpha * shade * rgb + (1 - alpha)
+  image = np.pad(alpha * shade * rgb + (1 - alpha), ((2, 2), (2, 2), (0, 0)),
+                 constant_values=1.0)  # framed by the white background
   name, hue = metrics.image_colour(image)
   assert name == "yellow" and metrics.hue_distance(hue, 55.0) < 1.0
   white = np.ones((8, 8, 3))
   assert not metrics.image_foreground(white).any()
   assert metrics.image_colour(white) == (None, None)
   assert metrics.image_shape(white) == (None, 0.0)
+
+
+def test_foreground_is_measured_from_the_images_own_background():
+  """A faint tint of the whole background (as generated samples have) is not foreground."""
+  image = np.ones((16, 16, 3))
+  image[5:11, 4:12] = scenes.albedo("blue")
+  tinted = image * np.asarray([1.0, 0.88, 0.93])  # a pale pink cast over everything
+  np.testing.assert_allclose(metrics.image_background(tinted), [1.0, 0.88, 0.93])
+  want = np.zeros((16, 16), bool)
+  want[5:11, 4:12] = True
+  np.testing.assert_array_equal(metrics.image_foreground(image), want)
+  np.testing.assert_array_equal(metrics.image_foreground(tinted), want)
+  assert metrics.image_colour(tinted)[0] == "blue"
 
 
 def test_images_of_every_solid_and_colour_are_classified():

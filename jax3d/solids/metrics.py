@@ -758,9 +758,21 @@ def _as_image(image) -> np.ndarray:
   return image.astype(np.float32)
 
 
+def image_background(image) -> np.ndarray:
+  """(3,) the image's background colour: the per-channel median of its one-pixel border
+  (the solids world's background is uniform and objects are framed inside the image)."""
+  image = _as_image(image)
+  border = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+  return np.median(border, axis=0)
+
+
 def image_foreground(image, threshold: float = 0.1) -> np.ndarray:
-  """(H, W) bool: pixels farther than `threshold` from white in their darkest channel."""
-  return 1.0 - _as_image(image).min(-1) > threshold
+  """(H, W) bool: pixels farther than `threshold` from the background colour in some channel.
+
+  On a white background this is 1 − min(rgb) > threshold; measuring from the image's own
+  background keeps a faint tint of a generated background out of the foreground."""
+  image = _as_image(image)
+  return np.abs(image - image_background(image)).max(-1) > threshold
 
 
 def image_colour(image, min_saturation: float = 0.25) -> tuple[str | None, float | None]:
@@ -816,6 +828,7 @@ def image_shape(image, threshold: float = 0.1) -> tuple[str | None, float]:
 
 __all__ = ["Shape", "MetricsConfig", "shape_from_sdf", "shape_from_field", "shape_from_mesh",
            "heldout_cameras", "silhouettes", "reference_silhouettes", "mask_iou",
-           "occupancy_iou", "silhouette_iou", "classify_shape", "evaluate", "diversity", "image_foreground", "image_colour",
+           "occupancy_iou", "silhouette_iou", "classify_shape", "evaluate", "diversity", "image_foreground",
+           "image_background", "image_colour",
            "image_shape", "image_shape_scores", "rgb_to_hsv", "hue_distance",
            "nearest_colour", "hue_spread", "lattice"]

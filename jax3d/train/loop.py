@@ -18,22 +18,13 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from jax3d.errors import UserError
+from jax3d.errors import Interrupted, UserError  # noqa: F401  (Interrupted re-exported)
 from jax3d.train.checkpoint import Checkpointer
 from jax3d.train.logging import Logger
 
 
 class NonFiniteError(UserError):
   """A loss or gradient became NaN/inf; the run stops without checkpointing it."""
-
-
-class Interrupted(Exception):
-  """SIGINT/SIGTERM arrived; a checkpoint was saved at `step`."""
-
-  def __init__(self, step: int):
-    super().__init__(f"interrupted; checkpoint saved at step {step}: rerun the same command "
-                     f"to resume")
-    self.step = step
 
 
 @dataclasses.dataclass(frozen=True)
