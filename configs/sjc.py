@@ -64,7 +64,10 @@ def get_config(preset=None):
       video_frames=36, video_size=128, video_elevation=15.0, video_fps=12))
 
   if preset == "toy":
-    pass
+    # The official 1e4 is for 64x64x4 SD latents; against 32x32 RGB renders it empties the
+    # grid ('a red cube', solids prior, 300 steps: mean opacity 0.32, a faint fog). 1e3 gives a
+    # solid object (600 steps: opacity 0.55, silhouette IoU 0.84); 1e2 bloats it (IoU 0.81).
+    c.regularizers.emptiness_weight = 1e3
   elif preset == "sd":
     c.num_steps = 10000  # official n_steps
     c.render_space = "latent"

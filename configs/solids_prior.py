@@ -55,7 +55,7 @@ def get_config(preset=None):
   c.log_every = 25
   c.checkpoint_every = 250
   c.sample_every = 500
-  c.sample_guidance_scale = 3.0
+  c.sample_guidance_scale = 10.0  # the shipped default (model card: chosen among 3, 5, 8, 10)
   if preset == "default":
     pass
   elif preset == "tiny":

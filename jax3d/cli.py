@@ -67,7 +67,9 @@ def _cmd_train_prior(args, overrides):
   from jax3d import configuration
   from jax3d.train import prior
   cfg = configuration.apply_overrides(configuration.load(args.config, "default"), overrides)
-  summary = prior.train(args.workdir, cfg, export_to=args.export_to)
+  if args.stop_after is not None and args.stop_after < 1:
+    raise UserError(f"--stop-after must be at least 1, got {args.stop_after}")
+  summary = prior.train(args.workdir, cfg, stop_after=args.stop_after, export_to=args.export_to)
   print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
         f"(loss {summary['final_loss']:.4f}); prior folder: {summary.get('exported', '-')}")
   return 0
@@ -196,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--export-to", default=None,
                  help="where to write the trained diffusers folder "
                       "(default WORKDIR/solids-prior)")
+  p.add_argument("--stop-after", type=int, default=None,
+                 help="stop (with a checkpoint) after this many steps of this call; "
+                      "launch/export_prior_checkpoint.py exports such a run")
   p.set_defaults(handler=_cmd_train_prior, takes_config=True)
   return parser
 

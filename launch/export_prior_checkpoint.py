@@ -8,6 +8,7 @@ For a run stopped before its last step (its own export only happens at the end):
 import json
 import os
 import sys
+
 import ml_collections
 
 from jax3d.priors import solids_model
@@ -22,7 +23,8 @@ def main(workdir: str, out: str) -> None:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   state, _, step = ckpt.restore(setup.state)
   ckpt.close()
-  solids_model.save_folder(setup.nets, state["ema"], out)
+  solids_model.save_folder(setup.nets, state["ema"], out,
+                           guidance_scale=cfg.sample_guidance_scale)
   print(f"exported the EMA weights of step {step} to {out}")
 
 

@@ -213,6 +213,7 @@ def _one_error_line(capsys, argv):
     (["bench", "render", "--nope"], "--nope"),
     (["bench", "render", "--repeats", "many"], "many"),
     (["export", "w", "stray"], "stray"),
+    (["train-prior", "--workdir", "/nonexistent/w", "--stop-after", "0"], "--stop-after"),
 ])
 def test_cli_usage_errors(capsys, argv, match):
   assert match in _one_error_line(capsys, argv)

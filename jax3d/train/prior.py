@@ -178,7 +178,8 @@ def train(workdir: str, cfg: ml_collections.ConfigDict, stop_after: int | None =
              "device": jax.devices()[0].device_kind}
   if result.step >= cfg.train.num_steps:
     folder = export_to or os.path.join(workdir, "solids-prior")
-    solids_model.save_folder(nets, result.state["ema"], folder)
+    solids_model.save_folder(nets, result.state["ema"], folder,
+                             guidance_scale=cfg.sample_guidance_scale)
     summary["exported"] = folder
   with open(os.path.join(workdir, "train_summary.json"), "w") as f:
     json.dump(summary, f, indent=2, default=str)
