@@ -10,6 +10,8 @@ Presets:
 
 import ml_collections
 
+from jax3d.configs import _common
+
 
 def get_config(preset=None):
   preset = preset or "toy"
@@ -20,17 +22,8 @@ def get_config(preset=None):
   c.num_steps = 600
   c.views_per_step = 2  # cameras rendered per particle per step (batch size)
 
-  c.camera = ml_collections.ConfigDict(dict(
-      height=32, width=32, distance=2.0, distance_jitter=0.1, fov_deg=40.0,
-      fov_jitter_deg=0.0, elevation_range=(-10.0, 45.0), azimuth_range=(-180.0, 180.0)))
-  c.field = ml_collections.ConfigDict(dict(
-      # A CPU-sized grid for 32x32 renders: 8 levels up to 128^3, 2^14 entries per level.
-      hashgrid=ml_collections.ConfigDict(dict(
-          num_levels=8, features_per_level=2, log2_table_size=14, base_resolution=16,
-          max_resolution=128)),
-      bound=1.0, hidden_dim=32, num_hidden_layers=1,
-      density_activation="softplus", blob_kind="linear", blob_density=10.0, blob_radius=0.5,
-      normal_method="analytic", normal_eps=1e-2))
+  c.camera = _common.camera(32)
+  c.field = _common.nerf_field()
   c.render = ml_collections.ConfigDict(dict(num_samples=48, bound=1.0, stratified=True,
                                             min_near=0.0))
   # The density blob's strength is scaled from blob_start to blob_end over blob_steps.
@@ -52,12 +45,7 @@ def get_config(preset=None):
                                                   opacity_kind="mean"))
   c.optim = ml_collections.ConfigDict(dict(
       lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15, grad_clip=0.0))
-  c.log_every = 20
-  c.preview_every = 200
-  c.checkpoint_every = 200
-  c.export = ml_collections.ConfigDict(dict(
-      mesh_resolution=96, mesh_level=-1.0,  # -1: the renderer-consistent automatic level
-      video_frames=36, video_size=128, video_elevation=15.0, video_fps=12))
+  _common.add_runner(c)
 
   if preset == "toy":
     pass

@@ -10,6 +10,8 @@ Presets:
 
 import ml_collections
 
+from jax3d.configs import _common
+
 
 def get_config(preset=None):
   preset = preset or "toy"
@@ -22,9 +24,7 @@ def get_config(preset=None):
   c.render_space = "image"  # 'latent' renders the prior's latent channels (SD)
   c.max_memory_gb = 8.0  # refuse voxel grids whose estimated training memory exceeds this
 
-  c.camera = ml_collections.ConfigDict(dict(
-      height=32, width=32, distance=2.0, distance_jitter=0.1, fov_deg=40.0,
-      fov_jitter_deg=0.0, elevation_range=(-10.0, 45.0), azimuth_range=(-180.0, 180.0)))
+  c.camera = _common.camera(32)
   c.field = ml_collections.ConfigDict(dict(
       kind="voxel",  # or "nerf": the hash-grid NeRF of configs/dreamfusion.py
       voxel=ml_collections.ConfigDict(dict(
@@ -32,13 +32,7 @@ def get_config(preset=None):
           density_shift=-1.0,  # official: density_shift -1 with softplus
           density_activation="softplus", feature_activation="sigmoid",
           feature_init_scale=1.0)),
-      nerf=ml_collections.ConfigDict(dict(
-          hashgrid=ml_collections.ConfigDict(dict(
-              num_levels=8, features_per_level=2, log2_table_size=14, base_resolution=16,
-              max_resolution=128)),
-          bound=1.0, hidden_dim=32, num_hidden_layers=1, density_activation="softplus",
-          blob_kind="linear", blob_density=10.0, blob_radius=0.5, normal_method="analytic",
-          normal_eps=1e-2))))
+      nerf=_common.nerf_field()))
   c.render = ml_collections.ConfigDict(dict(num_samples=64, bound=1.0, stratified=True,
                                             min_near=0.0))
   c.guidance = ml_collections.ConfigDict(dict(
@@ -56,12 +50,7 @@ def get_config(preset=None):
   c.optim = ml_collections.ConfigDict(dict(
       name="adamax", lr_grid=0.05, lr_mlp=0.05,  # official: Adamax, lr 0.05
       b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0))
-  c.log_every = 20
-  c.preview_every = 200
-  c.checkpoint_every = 200
-  c.export = ml_collections.ConfigDict(dict(
-      mesh_resolution=96, mesh_level=-1.0,  # -1: the renderer-consistent automatic level
-      video_frames=36, video_size=128, video_elevation=15.0, video_fps=12))
+  _common.add_runner(c)
 
   if preset == "toy":
     # The official 1e4 is for 64x64x4 SD latents; against 32x32 RGB renders it empties the

@@ -140,8 +140,15 @@ class ParticleSystem:
   def _build_step(self):
     def step_fn(state, key, prior_params, cond_table, uncond):
       particles = {k: v for k, v in state.items() if k != "step"}
-      new, metrics = jax.vmap(self.particle_step, in_axes=(0, None, None, None, None, None))(
-          particles, key, state["step"], prior_params, cond_table, uncond)
+      if self.cfg.num_particles == 1:
+        # One particle needs no batching: vmap over a size-1 axis turns the hash grid's
+        # gathers and scatter-adds into batched ones, ~1.6x the step time on CPU.
+        new, metrics = self.particle_step(jax.tree.map(lambda x: x[0], particles), key,
+                                          state["step"], prior_params, cond_table, uncond)
+        new = jax.tree.map(lambda x: x[None], new)
+      else:
+        new, metrics = jax.vmap(self.particle_step, in_axes=(0, None, None, None, None, None))(
+            particles, key, state["step"], prior_params, cond_table, uncond)
       new["step"] = state["step"] + 1
       return new, {k: jnp.mean(v) for k, v in metrics.items()}  # the population mean
     return jax.jit(step_fn, donate_argnums=(0,))

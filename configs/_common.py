@@ -1,0 +1,34 @@
+"""Config groups every distillation method shares (cameras, the hash-grid NeRF, runner
+cadence, export), so presets differ only where the methods do."""
+
+import ml_collections
+
+
+def camera(size: int = 32) -> ml_collections.ConfigDict:
+  """The shared orbit camera distribution (the solids world's: distance 2 +- 0.1, fov 40)."""
+  return ml_collections.ConfigDict(dict(
+      height=size, width=size, distance=2.0, distance_jitter=0.1, fov_deg=40.0,
+      fov_jitter_deg=0.0, elevation_range=(-10.0, 45.0), azimuth_range=(-180.0, 180.0)))
+
+
+def nerf_field() -> ml_collections.ConfigDict:
+  """A CPU-sized hash-grid NeRF for 32x32 renders: 8 levels up to 128^3, 2^14 entries per level,
+  with Magic3D's linear density blob (threestudio's blob_magic3d: scale 10, radius 0.5)."""
+  return ml_collections.ConfigDict(dict(
+      hashgrid=ml_collections.ConfigDict(dict(
+          num_levels=8, features_per_level=2, log2_table_size=14, base_resolution=16,
+          max_resolution=128)),
+      bound=1.0, hidden_dim=32, num_hidden_layers=1,
+      density_activation="softplus", blob_kind="linear", blob_density=10.0, blob_radius=0.5,
+      normal_method="analytic", normal_eps=1e-2))
+
+
+def add_runner(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Logging, preview and checkpoint cadence, and the final export (mesh + turntable)."""
+  c.log_every = 20
+  c.preview_every = 200
+  c.checkpoint_every = 200
+  c.export = ml_collections.ConfigDict(dict(
+      mesh_resolution=96, mesh_level=-1.0,  # -1: the renderer-consistent automatic level
+      video_frames=36, video_size=128, video_elevation=15.0, video_fps=12))
+  return c
