@@ -134,7 +134,10 @@ def test_regularizers_match_their_closed_forms():
   w = jnp.asarray([[0.0, 0.5], [1.0, 0.25]])
   assert float(sjc.emptiness_loss(w, 10.0)) == pytest.approx(
       np.mean(np.log1p(10 * np.asarray(w))), rel=1e-6)
-  cfg = sjc.SystemConfig.from_config("p", _tiny_sjc_config(num_steps=100), _prior(1)[0])
+  c = configuration.apply_overrides(_tiny_sjc_config(num_steps=100), [
+      "regularizers.emptiness_weight=1e4", "regularizers.emptiness_step=0.5",
+      "regularizers.emptiness_multiplier=20.0"])
+  cfg = sjc.SystemConfig.from_config("p", c, _prior(1)[0])
   assert float(sjc.emptiness_weight(cfg, 49)) == 1e4
   assert float(sjc.emptiness_weight(cfg, 50)) == 2e5
   depth = np.zeros((1, 8, 8), np.float32)
