@@ -262,8 +262,7 @@ def bench_solids(args) -> list[Row]:
     prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
   for p in prompts:
     scenes.parse_prompt(p)
-  if args.method not in runner.METHODS:
-    raise UserError(f"unknown method {args.method!r}; choose one of {', '.join(runner.METHODS)}")
+  runner.check_method(args.method)
   cfg = configuration.load(args.config or runner.DEFAULT_CONFIGS[args.method])
   cfg = configuration.apply_overrides(cfg, getattr(args, "overrides", []))
   cfg.seed = args.seed
@@ -326,8 +325,9 @@ def bench_step(args) -> list[Row]:
   Rows: the whole jitted train step (one particle); the render forward and forward+backward
   of the step's views; the prior's guidance call alone (SDS residual, or PAAS with its K
   perturbations); and `rest` = step − render fwd+bwd − prior (the loss, the chain through
-  the encoder, the optimizer; near zero or slightly negative where XLA fuses across parts). For SJC the step and the prior call are repeated for
-  K = 1, 2, 4, 8 perturbations, each with its ratio to K = 1.
+  the encoder, the optimizer; near zero or slightly negative where XLA fuses across parts).
+  For SJC the step and the prior call are repeated for K = 1, 2, 4, 8 perturbations, each
+  with its ratio to K = 1.
   """
   import jax
   import jax.numpy as jnp
@@ -335,8 +335,7 @@ def bench_step(args) -> list[Row]:
   from jax3d.priors import registry
   from jax3d.train import runner
 
-  if args.method not in runner.METHODS:
-    raise UserError(f"unknown method {args.method!r}; choose one of {', '.join(runner.METHODS)}")
+  runner.check_method(args.method)
   prior = registry.load_prior(args.prior)
   prompt = "a red cube"
   cfg = configuration.load(args.config or runner.DEFAULT_CONFIGS[args.method])
@@ -390,13 +389,14 @@ def _step_prior_fn(system, v: int):
   """The step's guidance call on a fixed x0: (prior_params, x0, key) -> residual."""
   import jax.numpy as jnp
   from jax3d.guidance import sds, sjc
+  from jax3d.systems import dreamfusion
   prior = system.prior
   cond, uncond = system.cond_table[:1].repeat(v, 0), system.uncond.repeat(v, 0)
   t = jnp.full((v,), prior.num_train_timesteps // 2, jnp.int32)
-  if hasattr(system.cfg, "paas"):
-    return lambda pp, x, key: sjc.paas(prior, pp, key, x, t, cond, uncond, system.cfg.paas)[0]
-  return lambda pp, x, key: sds.sds_residual(prior, pp, key, x, t, cond, uncond,
-                                             system.cfg.guidance_scale)[0]
+  if isinstance(system, dreamfusion.DreamFusion):
+    return lambda pp, x, key: sds.sds_residual(prior, pp, key, x, t, cond, uncond,
+                                               system.cfg.guidance_scale)[0]
+  return lambda pp, x, key: sjc.paas(prior, pp, key, x, t, cond, uncond, system.cfg.paas)[0]
 
 
 def step_settings(args) -> dict[str, Any]:

@@ -78,8 +78,7 @@ def _cmd_train_prior(args, overrides):
 def _cmd_generate(args, overrides):
   from jax3d import configuration
   from jax3d.train import runner
-  if args.method not in runner.METHODS:
-    raise UserError(f"unknown method {args.method!r}; choose one of {', '.join(runner.METHODS)}")
+  runner.check_method(args.method)
   spec = args.config or runner.DEFAULT_CONFIGS[args.method]
   cfg = configuration.apply_overrides(configuration.load(spec), overrides)
   if args.particles is not None:
@@ -141,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--method", default="sds", help="`bench solids`/`step`: distillation method")
   p.add_argument("--prompts", default="all",
                  help="`bench solids`: 'all' (the 30 colour prompts) or 'a red cube;a blue cone'")
-  p.add_argument("--config", default=None, help="`bench solids`/`step`: config PATH.py[:PRESET]; "
-                 "override keys with --config.KEY=VALUE")
+  p.add_argument("--config", default=None,
+                 help="`bench solids`/`step`: config PATH.py[:PRESET]; override keys with "
+                      "--config.KEY=VALUE")
   p.add_argument("--workdir-root", default="runs/bench-solids",
                  help="`bench solids`: run folders go under ROOT/METHOD/PROMPT")
   p.set_defaults(handler=_cmd_bench, takes_config=True)

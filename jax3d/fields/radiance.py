@@ -27,7 +27,6 @@ KINDS = ("nerf", "voxel")
 class NeRFField:
   """The hash-grid NeRF (DreamFusion, Magic3D coarse stage); `blob` scales its density blob."""
   cfg: nerf.NeRFConfig
-  channels: int = 3
 
   def init(self, key: jax.Array) -> Any:
     return nerf.init(key, self.cfg)
@@ -48,10 +47,6 @@ class NeRFField:
 class VoxelField:
   """The dense voxel grid (SJC); it has no blob, and its normals come from one vjp."""
   cfg: voxel.VoxelConfig
-
-  @property
-  def channels(self) -> int:
-    return self.cfg.channels
 
   def init(self, key: jax.Array) -> Any:
     return voxel.init(key, self.cfg)

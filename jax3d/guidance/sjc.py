@@ -57,8 +57,7 @@ def sigmas(alphas_cumprod: jax.Array) -> jax.Array:
 
 def sigma_range(alphas_cumprod, cfg: PAASConfig) -> tuple[float, float]:
   """(σ_min, σ_max) of the trimmed schedule that `sample_timesteps` draws from."""
-  s = np.sqrt((1.0 - np.asarray(alphas_cumprod, np.float64)) /
-              np.asarray(alphas_cumprod, np.float64))
+  s = np.asarray(sigmas(alphas_cumprod))
   kept = s[cfg.trim_low:len(s) - cfg.trim_high]
   return float(kept[0]), float(kept[-1])
 

@@ -828,7 +828,7 @@ def image_shape(image, threshold: float = 0.1) -> tuple[str | None, float]:
 
 __all__ = ["Shape", "MetricsConfig", "shape_from_sdf", "shape_from_field", "shape_from_mesh",
            "heldout_cameras", "silhouettes", "reference_silhouettes", "mask_iou",
-           "occupancy_iou", "silhouette_iou", "classify_shape", "evaluate", "diversity", "image_foreground",
-           "image_background", "image_colour",
+           "occupancy_iou", "silhouette_iou", "classify_shape", "evaluate", "diversity",
+           "image_foreground", "image_background", "image_colour",
            "image_shape", "image_shape_scores", "rgb_to_hsv", "hue_distance",
            "nearest_colour", "hue_spread", "lattice"]

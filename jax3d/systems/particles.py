@@ -25,6 +25,7 @@ import optax
 
 from jax3d import cameras
 from jax3d.errors import UserError
+from jax3d.fields import nerf
 from jax3d.fields import radiance
 from jax3d.priors.base import Prior
 from jax3d.render import volume
@@ -181,7 +182,6 @@ class ParticleSystem:
 
   def render(self, params, camera: cameras.Camera, step: int, mode: str = "lambertian"):
     """Deterministic render of one particle from one camera: rgb, normal, opacity maps."""
-    from jax3d.fields import nerf  # pylint: disable=g-import-not-at-top
     return self._render_eval(params, self.prior.params, camera.c2w, camera.fov_y,
                              camera.height, camera.width, nerf.shading_index(mode),
                              self.blob(step))

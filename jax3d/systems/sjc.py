@@ -196,15 +196,6 @@ class SJC(particles.ParticleSystem):
     return loss, metrics
 
   # ---- renders for previews and export ----
-  def eval_field_fn(self, params, mode, light_pos, blob):
-    del mode, light_pos
-
-    def fn(points, dirs):
-      del dirs
-      q = self.field.query(params, points, blob, with_normals=True)
-      return {"density": q["density"], "rgb": q["color"], "normal": q["normal"]}
-    return fn
-
   def render(self, params, camera: cameras.Camera, step: int, mode: str = "albedo"):
     """Deterministic render; latent fields render at the prior's latent size, are decoded by
     the prior (its VAE) and resized to the camera's size."""
@@ -220,7 +211,7 @@ class SJC(particles.ParticleSystem):
 
   def _image(self, prior_params, color):
     if self.cfg.render_space == "image":
-      return jnp.clip(color, 0.0, 1.0)
+      return super()._image(prior_params, color)
     return self.prior.decode(prior_params, color[None])[0]
 
   def vertex_rgb(self, color: jax.Array) -> jax.Array:

@@ -80,6 +80,11 @@ def check_workdir(workdir: str, identity: dict, overwrite: bool) -> bool:
                   f"--overwrite to replace it")
 
 
+def check_method(method: str) -> None:
+  if method not in METHODS:
+    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
 def make_system(method: str, prompt: str, cfg: ml_collections.ConfigDict, prior):
   if method == "sds":
     from jax3d.systems import dreamfusion  # pylint: disable=g-import-not-at-top
@@ -190,8 +195,7 @@ def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str = "
   from jax3d.train.logging import Logger  # pylint: disable=g-import-not-at-top
   from jax3d.export import video  # pylint: disable=g-import-not-at-top
 
-  if method not in METHODS:
-    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+  check_method(method)
   cfg = cfg if cfg is not None else configuration.load(DEFAULT_CONFIGS[method])
   check_prompt_for_prior(prompt, prior_spec)
   identity = run_identity(prompt, method, prior_spec, cfg)
