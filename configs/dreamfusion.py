@@ -39,7 +39,8 @@ def get_config(preset=None):
   # field (~4x the step time on CPU), so the toy preset renders albedo only: the solids'
   # hue and silhouette survive it, which is what the solids benchmark measures.
   c.shading = ml_collections.ConfigDict(dict(
-      probs=(1.0, 0.0, 0.0), ambient=0.35, light_jitter=0.3, albedo_warmup_steps=0))
+      probs=(1.0, 0.0, 0.0), ambient=0.35, light_jitter=0.3, albedo_warmup_steps=0,
+      normals="sample"))
   c.background = (1.0, 1.0, 1.0)  # plain white, as the solids world
   c.regularizers = ml_collections.ConfigDict(dict(orientation=0.0, opacity=0.0,
                                                   opacity_kind="mean"))
@@ -61,6 +62,7 @@ def get_config(preset=None):
     c.field.num_hidden_layers = 1
     # threestudio's dreamfusion-sd: density_bias blob_magic3d, scale 10, std 0.5 (the toy too).
     c.field.normal_method = "finite_difference"
+    c.field.normal_eps = 1e-2
     c.render.num_samples = 64
     c.guidance.timesteps.t_min = 0.02
     c.guidance.timesteps.t_max = 0.98

@@ -206,6 +206,16 @@ def shade(albedo: jax.Array, normal: jax.Array, light_dir: jax.Array, mode_index
   return base * jnp.where(mode == 0, jnp.ones_like(lambert), lambert)
 
 
+def shade_composite(color: jax.Array, opacity: jax.Array, normal: jax.Array,
+                    light_dir: jax.Array, mode_index, ambient=DEFAULT_AMBIENT) -> jax.Array:
+  """Deferred shading of a composited albedo Σw·c (..., 3) with opacity Σw (...,): `shade` at
+  one normal per ray; textureless lights the opacity (a white object) instead of the albedo.
+  The background is not included."""
+  mode = jnp.asarray(mode_index)
+  base = jnp.where(mode[..., None] == 2, opacity[..., None], color)
+  return shade(base, normal, light_dir, jnp.where(mode == 2, 1, mode), ambient)
+
+
 def orientation_loss(weights: jax.Array, normals: jax.Array, view_dirs: jax.Array,
                      stop_weight_gradient: bool = True) -> jax.Array:
   """Mean over rays of Σ_i w_i · max(0, n_i · d)² (Ref-NeRF Eq. 10, DreamFusion Sec. 3.1).
@@ -240,5 +250,5 @@ def opacity_loss(opacity: jax.Array, kind: str = "mean") -> jax.Array:
 
 
 __all__ = ["NeRFConfig", "SHADING_MODES", "DENSITY_ACTIVATIONS", "NORMAL_METHODS", "init",
-           "blob", "density", "query", "normals", "shade", "shading_index",
+           "blob", "density", "query", "normals", "shade", "shade_composite", "shading_index",
            "orientation_loss", "opacity_loss"]

@@ -28,12 +28,20 @@ from jax3d.systems import particles
 from jax3d.systems.particles import State, view_prompts  # noqa: F401  (re-exported)
 
 
+SHADING_NORMALS = ("sample", "surface")
+
+
 @dataclasses.dataclass(frozen=True)
 class ShadingConfig:
   probs: tuple[float, float, float] = (0.25, 0.75, 0.0)
   ambient: float = 0.35
   light_jitter: float = 0.3
   albedo_warmup_steps: int = 0
+  # Where training takes normals for shading: "sample" — every ray sample (−∇σ per sample,
+  # composited; second order through the field), or "surface" — once per ray at the expected
+  # termination point o + d·depth by central differences of σ (6 density queries per ray,
+  # first order). See `render_views`.
+  normals: str = "sample"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +73,10 @@ class SystemConfig:
     if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
       raise UserError(f"shading.probs must be 3 non-negative numbers summing to 1 (albedo, "
                       f"lambertian, textureless), got {probs}")
+    normals = str(c.shading.get("normals", "sample"))
+    if normals not in SHADING_NORMALS:
+      raise UserError(f"unknown shading.normals {normals!r}; choose one of "
+                      f"{', '.join(SHADING_NORMALS)}")
     if c.views_per_step < 1:
       raise UserError(f"views_per_step must be >= 1, got {c.views_per_step}")
     if c.num_steps < 1:
@@ -79,7 +91,8 @@ class SystemConfig:
         view_dependent_prompt=bool(c.guidance.view_dependent_prompt),
         shading=ShadingConfig(probs=probs, ambient=float(c.shading.ambient),
                               light_jitter=float(c.shading.light_jitter),
-                              albedo_warmup_steps=int(c.shading.albedo_warmup_steps)),
+                              albedo_warmup_steps=int(c.shading.albedo_warmup_steps),
+                              normals=normals),
         background=tuple(float(v) for v in c.background),
         orientation_weight=float(c.regularizers.orientation),
         opacity_weight=float(c.regularizers.opacity),
@@ -95,13 +108,33 @@ def blob_scale(cfg: SystemConfig, step) -> jax.Array:
   return cfg.blob_start + (cfg.blob_end - cfg.blob_start) * frac
 
 
+def shades(cfg: SystemConfig) -> bool:
+  """Whether any training view is shaded (Lambertian or textureless)."""
+  return cfg.shading.probs[1] > 0 or cfg.shading.probs[2] > 0
+
+
 def needs_normals(cfg: SystemConfig) -> bool:
-  """Whether training needs per-sample normals (shading or the orientation loss).
+  """Whether training needs per-sample normals (per-sample shading or the orientation loss).
 
   Normals are the density gradient, so training through them is second order; an
   albedo-only configuration skips them entirely (about 3x cheaper on CPU).
   """
-  return cfg.shading.probs[1] > 0 or cfg.shading.probs[2] > 0 or cfg.orientation_weight > 0
+  per_sample_shading = shades(cfg) and cfg.shading.normals == "sample"
+  return per_sample_shading or cfg.orientation_weight > 0
+
+
+def surface_shading(cfg: SystemConfig, params, blob, out, origins, dirs, mode, light):
+  """Deferred shading (R, 3) and normals (R, 3): the composited albedo lit at each ray's
+  expected termination point x_s = o + d·depth, with n = −∇σ(x_s)/|∇σ(x_s)| by central
+  differences of step `field.normal_eps`, over the background. Gradients reach the surface's
+  orientation through the six density queries per ray and its position through the depth."""
+  x_s = origins + dirs * out["depth"][:, None]
+  normal = volume.surface_normals(lambda x: nerf.density(params, x, cfg.field, blob), x_s,
+                                  cfg.field.normal_eps)
+  shaded = nerf.shade_composite(out["rgb"], out["opacity"], normal, light - x_s, mode,
+                                cfg.shading.ambient)
+  bg = (1.0 - out["opacity"])[:, None] * jnp.asarray(cfg.background, jnp.float32)
+  return shaded + bg, normal
 
 
 def field_fn_for(cfg: SystemConfig, params, shading_mode, light_pos, blob,
@@ -127,15 +160,21 @@ def render_views(cfg: SystemConfig, params, cams: cameras.Camera, key, shading_m
   origins, dirs = cameras.rays(cams)
 
   with_normals = needs_normals(cfg)
+  deferred = shades(cfg) and cfg.shading.normals == "surface"
 
   def one(o, d, k, mode, light):
-    out = volume.render_rays(field_fn_for(cfg, params, mode, light, blob, with_normals),
-                             o.reshape(-1, 3), d.reshape(-1, 3), k, cfg.render,
-                             background={"rgb": jnp.asarray(cfg.background)})
-    orient = (nerf.orientation_loss(out["weights"], out["samples"]["normal"], d.reshape(-1, 3))
+    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    # Deferred shading composites the raw albedo and lights it afterwards (mode 0 per sample).
+    field_fn = field_fn_for(cfg, params, 0 if deferred else mode, light, blob, with_normals)
+    out = volume.render_rays(field_fn, o, d, k, cfg.render,
+                             background=None if deferred else {"rgb": jnp.asarray(cfg.background)})
+    rgb, normal = out["rgb"], out["normal"]
+    if deferred:
+      rgb, normal = surface_shading(cfg, params, blob, out, o, d, mode, light)
+    orient = (nerf.orientation_loss(out["weights"], out["samples"]["normal"], d)
               if with_normals else jnp.zeros(()))
-    return {"rgb": out["rgb"].reshape(h, w, 3), "opacity": out["opacity"].reshape(h, w),
-            "normal": out["normal"].reshape(h, w, 3), "orientation": orient}
+    return {"rgb": rgb.reshape(h, w, 3), "opacity": out["opacity"].reshape(h, w),
+            "normal": normal.reshape(h, w, 3), "orientation": orient}
 
   keys = jax.random.split(key, v)
   return jax.vmap(one)(origins, dirs, keys, shading_mode, light_pos)
@@ -150,8 +189,11 @@ class DreamFusion(particles.ParticleSystem):
   def blob(self, step) -> jax.Array:
     return blob_scale(self.cfg, step)
 
-  def eval_field_fn(self, params, mode, light_pos, blob):
-    return field_fn_for(self.cfg, params, mode, light_pos, blob)
+  shades_renders = True
+
+  @property
+  def ambient(self) -> float:
+    return self.cfg.shading.ambient
 
   def particle_loss(self, params, key, step, prior_params, cond_table, uncond):
     cfg = self.cfg

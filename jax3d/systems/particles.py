@@ -102,14 +102,18 @@ class ParticleSystem:
     del step
     return jnp.ones((), jnp.float32)
 
-  def eval_field_fn(self, params, mode, light_pos, blob) -> Callable:
-    """The field as the renderer sees it in deterministic renders: density, rgb, normal."""
-    def fn(points, dirs):
-      del dirs
-      q = self.field.query(params, points, blob, with_normals=True)
-      return {"density": q["density"], "rgb": q["color"], "normal": q["normal"]}
-    del mode, light_pos
-    return fn
+  # Whether export renders light the colour (Lambertian turntables of an albedo field) or show
+  # the field's channels as they are (a field of a prior's latents).
+  shades_renders = False
+  ambient = nerf.DEFAULT_AMBIENT
+
+  @property
+  def normal_eps(self) -> float:
+    """The central-difference step of render normals: the field's own, or one voxel."""
+    cfg = self.field.cfg
+    if hasattr(cfg, "normal_eps"):
+      return float(cfg.normal_eps)
+    return 2.0 * cfg.bound / (cfg.resolution - 1)
 
   # ---- init ----
   def init_particle(self, key: jax.Array, particle_id) -> State:
@@ -167,11 +171,23 @@ class ParticleSystem:
     @functools.partial(jax.jit, static_argnames=("height", "width", "mode"))
     def render(params, prior_params, c2w, fov, height, width, mode, blob):
       cam = cameras.Camera(c2w=c2w, fov_y=fov, height=height, width=width)
-      fn = self.eval_field_fn(params, mode, cam.position, blob)
-      out = volume.render_image(fn, cam, None, self.cfg.render,
-                                background={"rgb": self.background},
-                                chunk=4096)
-      return {"rgb": self._image(prior_params, out["rgb"]), "normal": out["normal"],
+
+      def fn(points, dirs):
+        del dirs
+        q = self.field.query(params, points, blob)
+        return {"density": q["density"], "rgb": q["color"]}
+      out = volume.render_image(fn, cam, None, self.cfg.render, chunk=4096)
+      # Deferred: one normal per pixel at the expected surface point (not per sample).
+      origins, dirs = cameras.rays(cam)
+      x_s = origins + dirs * out["depth"][..., None]
+      normal = volume.surface_normals(lambda x: self.field.density(params, x, blob), x_s,
+                                      self.normal_eps)
+      color = out["rgb"]
+      if self.shades_renders:
+        color = nerf.shade_composite(color, out["opacity"], normal, cam.position - x_s, mode,
+                                     self.ambient)
+      color = color + (1.0 - out["opacity"])[..., None] * self.background
+      return {"rgb": self._image(prior_params, color), "normal": normal,
               "opacity": out["opacity"]}
     return render
 
