@@ -33,7 +33,10 @@ def get_config(preset=None):
       max_grad_norm=0.0,  # per-view residual clipping; 0 = off
       timesteps=ml_collections.ConfigDict(dict(t_min=0.02, t_max=0.98, t_max_end=None,
                                                anneal_steps=0, weighting="dreamfusion")),
-      view_dependent_prompt=True))
+      view_dependent_prompt=True,
+      # Suffix words per camera: DreamFusion's front/side/back/overhead, or "azimuth" (12
+      # sectors of 30°) for a prior trained with them (see jax3d/cameras.py).
+      view_labels="dreamfusion"))
   # Probabilities of shading modes per view: albedo, lambertian, textureless (DreamFusion
   # samples among them). Shading needs normals, i.e. second-order gradients through the
   # field (~4x the step time on CPU), so the toy preset renders albedo only: the solids'

@@ -40,7 +40,10 @@ def get_config(preset=None):
       num_perturbations=4,  # K (official SD setting: 1)
       trim_low=30, trim_high=10,  # official `us[30:-10]`
       variance_reduction=True,  # official `var_red`
-      view_dependent_prompt=True))
+      view_dependent_prompt=True,
+      # Suffix words per camera: DreamFusion's front/side/back/overhead, or "azimuth" (12
+      # sectors of 30°) for a prior trained with them (see jax3d/cameras.py).
+      view_labels="dreamfusion"))
   c.background = (1.0, 1.0, 1.0)  # RGB; for latent renders, the latent of a plain image of it
   c.regularizers = ml_collections.ConfigDict(dict(
       emptiness_weight=1e4, emptiness_scale=10.0,  # official

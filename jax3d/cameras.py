@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jax3d.errors import UserError
+
 
 @flax.struct.dataclass
 class Camera:
@@ -169,8 +171,37 @@ BACK_HALF_ANGLE_DEG = 45.0
 VIEW_LABELS = ("front", "side", "back", "overhead")
 
 
-def view_index(azimuth_deg, elevation_deg) -> jax.Array:
-  """Index into VIEW_LABELS per camera; jit-friendly."""
+# A finer, camera-conditioned labelling for priors that know it: 12 azimuth sectors of 30°
+# labelled by their centres ('azimuth 0', 'azimuth 30', …). DreamFusion's words cannot tell a
+# solid's orientation whenever the solid is symmetric under a rotation that fits inside a
+# sector (a cube's 90° inside the 90°-wide front sector); distillation then converges to the
+# union of the rotations (for the cube, its circumscribed cylinder).
+VIEW_SCHEMES = ("dreamfusion", "azimuth")
+AZIMUTH_SECTOR_DEG = 30.0
+AZIMUTH_LABELS = tuple(f"azimuth {30 * k}" for k in range(12))
+
+
+def check_view_scheme(scheme: str) -> None:
+  if scheme not in VIEW_SCHEMES:
+    raise UserError(f"unknown view labels {scheme!r}; choose one of {', '.join(VIEW_SCHEMES)}")
+
+
+def view_labels(scheme: str = "dreamfusion") -> tuple[str, ...]:
+  """The labels of a view scheme, in `view_index` order."""
+  check_view_scheme(scheme)
+  return VIEW_LABELS if scheme == "dreamfusion" else AZIMUTH_LABELS
+
+
+def view_index(azimuth_deg, elevation_deg, scheme: str = "dreamfusion") -> jax.Array:
+  """Index into `view_labels(scheme)` per camera; jit-friendly.
+
+  dreamfusion: overhead above 60° elevation, else front/side/back by azimuth; azimuth: the
+  30° sector whose centre is nearest (elevation ignored).
+  """
+  check_view_scheme(scheme)
+  if scheme == "azimuth":
+    sector = jnp.floor((jnp.asarray(azimuth_deg) % 360.0) / AZIMUTH_SECTOR_DEG + 0.5)
+    return sector.astype(jnp.int32) % len(AZIMUTH_LABELS)
   az = (jnp.asarray(azimuth_deg) + 180.0) % 360.0 - 180.0
   abs_az = jnp.abs(az)
   idx = jnp.where(abs_az < FRONT_HALF_ANGLE_DEG, 0,
@@ -178,9 +209,9 @@ def view_index(azimuth_deg, elevation_deg) -> jax.Array:
   return jnp.where(jnp.asarray(elevation_deg) > OVERHEAD_ELEVATION_DEG, 3, idx)
 
 
-def view_label(azimuth_deg: float, elevation_deg: float) -> str:
-  """DreamFusion's prompt suffix word for one view: 'front', 'side', 'back' or 'overhead'."""
-  return VIEW_LABELS[int(view_index(azimuth_deg, elevation_deg))]
+def view_label(azimuth_deg: float, elevation_deg: float, scheme: str = "dreamfusion") -> str:
+  """The prompt suffix word(s) for one view, e.g. 'front' or 'azimuth 30'."""
+  return view_labels(scheme)[int(view_index(azimuth_deg, elevation_deg, scheme))]
 
 
 def view_suffix(label: str) -> str:
@@ -194,4 +225,5 @@ def check_camera(camera: Camera) -> None:
 
 __all__ = ["Camera", "CameraConfig", "sample", "orbit", "rays", "project", "view_label",
            "view_index", "view_suffix", "look_at", "from_spherical", "to_spherical",
-           "default_config", "VIEW_LABELS"]
+           "default_config", "VIEW_LABELS", "VIEW_SCHEMES", "AZIMUTH_LABELS", "view_labels",
+           "check_view_scheme"]

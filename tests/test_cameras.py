@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jax3d import cameras
+from jax3d.errors import UserError
 
 # (height, width): even, odd and mixed parity, square and not.
 SIZES = [(8, 8), (7, 7), (6, 9)]
@@ -270,6 +271,26 @@ def test_orbit_is_equally_spaced(n, elevation):
 def test_view_label_thresholds(azimuth, elevation, label):
   assert cameras.view_label(azimuth, elevation) == label
   assert cameras.view_suffix(label) == f", {label} view"
+
+
+@pytest.mark.parametrize("azimuth, label", [
+    (0.0, "azimuth 0"), (14.9, "azimuth 0"), (15.1, "azimuth 30"), (-14.9, "azimuth 0"),
+    (-15.1, "azimuth 330"), (359.0, "azimuth 0"), (90.0, "azimuth 90"), (181.0, "azimuth 180"),
+    (-90.0, "azimuth 270"), (400.0, "azimuth 30"), (-720.0, "azimuth 0"),
+])
+def test_azimuth_view_labels_are_the_nearest_sector_centre(azimuth, label):
+  for elevation in (-10.0, 45.0, 80.0):  # the azimuth scheme ignores elevation
+    assert cameras.view_label(azimuth, elevation, "azimuth") == label
+
+
+def test_azimuth_sectors_brute_force():
+  """Every azimuth gets the label whose centre is circularly nearest (brute force)."""
+  az = np.linspace(-400.0, 400.0, 3201) + 1e-3  # off the sector edges
+  centres = np.array([float(l.split()[1]) for l in cameras.view_labels("azimuth")])
+  dist = np.abs((az[:, None] - centres[None] + 180.0) % 360.0 - 180.0)
+  np.testing.assert_array_equal(cameras.view_index(az, 0.0, "azimuth"), dist.argmin(-1))
+  with pytest.raises(UserError, match="view labels"):
+    cameras.view_index(0.0, 0.0, "octant")
 
 
 def test_view_index_vectorised_and_jittable():

@@ -175,6 +175,7 @@ def test_solids_set_matches_direct_renders(solids):
     np.testing.assert_allclose(data["image"][i], direct, atol=1e-5)
     az, el, _ = cameras.to_spherical(cam)
     assert cameras.VIEW_LABELS[data["view"][i]] == cameras.view_label(az, el)
+    assert cameras.AZIMUTH_LABELS[data["sector"][i]] == cameras.view_label(az, el, "azimuth")
 
 
 def test_solids_prompt_masks(solids):
@@ -190,6 +191,10 @@ def test_solids_prompt_masks(solids):
     sub = mask(f"a cube, {label} view")
     in_view = cube & (data["view"] == cameras.VIEW_LABELS.index(label))
     np.testing.assert_array_equal(sub, in_view if in_view.any() else cube)
+  for label in cameras.AZIMUTH_LABELS:
+    sub = mask(f"a red cube, {label} view")
+    in_sector = red_cube & (data["sector"] == cameras.AZIMUTH_LABELS.index(label))
+    np.testing.assert_array_equal(sub, in_sector if in_sector.any() else red_cube)
   # Default elevations stop at 45°: no overhead image, so the suffix is ignored.
   np.testing.assert_array_equal(mask("a cube, overhead view"), cube)
   with pytest.raises(UserError, match="colour"):

@@ -140,6 +140,10 @@ def _assert_user_error(r, workdir, needle):
      "sigma trim"),
     (["a red cube", "--method", "sjc", "--prior", "analytic",
       "--config.field.voxel.resolution=1500"], "GiB"),
+    (["a red cube", "--prior", "analytic", "--config.guidance.view_labels=octant"],
+     "unknown view labels"),
+    # The shipped prior was trained with DreamFusion's view words only.
+    (["a red cube", "--config.guidance.view_labels=azimuth"], "trained with view labels"),
 ])
 def test_generate_bad_inputs(args, needle, tmp_path):
   workdir = str(tmp_path / "w")

@@ -73,6 +73,8 @@ def rotated(mesh: trimesh.Trimesh, deg: float) -> trimesh.Trimesh:
     ("an orange cone", scenes.Scene("cone", "orange", None)),
     ("a torus", scenes.Scene("torus", None, None)),
     ("a red cube, side view", scenes.Scene("cube", "red", "side")),
+    ("a red cube, azimuth 30 view", scenes.Scene("cube", "red", "azimuth 30")),
+    ("a cone,  azimuth   330 view", scenes.Scene("cone", None, "azimuth 330")),
     ("A Blue Sphere", scenes.Scene("sphere", "blue", None)),
 ])
 def test_parse_prompt_accepts(prompt, expected):
@@ -81,6 +83,7 @@ def test_parse_prompt_accepts(prompt, expected):
 
 @pytest.mark.parametrize("prompt", [
     "", "   ", "a pink cube", "a red pyramid", "red cube", "a cube cube", "a red cube, top view",
+    "a red cube, azimuth 45 view", "a red cube, azimuth 360 view", "a red cube, front 30 view",
     "a red cube and a sphere", "the red cube", "a big red cube",
 ])
 def test_parse_prompt_rejects(prompt):

@@ -51,7 +51,8 @@ def mixture_eps(images: jax.Array, alphas_cumprod: jax.Array, x: jax.Array, t: j
 
 def analytic_prior(images: np.ndarray | jax.Array, prompt_mask: Callable[[str], np.ndarray],
                    *, alphas_cumprod: np.ndarray | None = None, name: str = "analytic",
-                   default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE) -> base.Prior:
+                   default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                   view_schemes: Sequence[str] = ("dreamfusion",)) -> base.Prior:
   """The exact prior of `images` (N, H, W, 3) in [0, 1], as a pixel-space `Prior` at H×W.
 
   Args:
@@ -60,7 +61,7 @@ def analytic_prior(images: np.ndarray | jax.Array, prompt_mask: Callable[[str], 
       UserError for prompts it does not know. The empty prompt is the whole set.
     alphas_cumprod: the schedule (default: Stable Diffusion's scaled-linear β 0.00085..0.012
       over 1000 steps).
-    name, default_guidance_scale: as in `Prior`.
+    name, default_guidance_scale, view_schemes: as in `Prior`.
   """
   images = jnp.asarray(images, jnp.float32)
   n, h, w, c = images.shape
@@ -95,6 +96,7 @@ def analytic_prior(images: np.ndarray | jax.Array, prompt_mask: Callable[[str], 
       model_fn=model_fn,
       latent=False,
       render_resolution=h,
+      view_schemes=tuple(view_schemes),
   )
 
 
@@ -109,7 +111,7 @@ def render_solids_set(key: jax.Array, views_per_object: int = 16, resolution: in
 
   Returns numpy arrays, solid-major then colour then view (N = 30·M): image (N, r, r, 3) in
   [0, 1], solid (N,), colour (N,) indices into scenes.SOLIDS / COLOURS, view (N,) index into
-  cameras.VIEW_LABELS.
+  cameras.VIEW_LABELS, sector (N,) index into cameras.AZIMUTH_LABELS.
   """
   m, ns, nc = views_per_object, len(scenes.SOLIDS), len(scenes.COLOURS)
   cfg = cameras.CameraConfig(height=resolution, width=resolution)
@@ -124,12 +126,14 @@ def render_solids_set(key: jax.Array, views_per_object: int = 16, resolution: in
   image = albedo * (white - background) + background
   azimuth, elevation, _ = cameras.to_spherical(cams)
   view = np.asarray(cameras.view_index(azimuth, elevation)).reshape(ns, 1, m)
+  sector = np.asarray(cameras.view_index(azimuth, elevation, "azimuth")).reshape(ns, 1, m)
   grid = np.broadcast_to
   return {
       "image": image.reshape(-1, resolution, resolution, 3).astype(np.float32),
       "solid": grid(np.arange(ns)[:, None, None], (ns, nc, m)).reshape(-1),
       "colour": grid(np.arange(nc)[None, :, None], (ns, nc, m)).reshape(-1),
       "view": grid(view, (ns, nc, m)).reshape(-1),
+      "sector": grid(sector, (ns, nc, m)).reshape(-1),
   }
 
 
@@ -137,7 +141,8 @@ def solids_prompt_mask(data: dict[str, np.ndarray], prompt: str) -> np.ndarray:
   """The images of `data` (from `render_solids_set`) a solids prompt denotes.
 
   'a {colour} {solid}' is that object; 'a {solid}' is the solid in every palette colour; a view
-  suffix (', side view') keeps the images whose camera has that `cameras.view_label` — or, when
+  suffix (', side view' or ', azimuth 30 view') keeps the images whose camera has that label
+  in its scheme (`cameras.view_label`) — or, when
   the set has none (e.g. 'overhead' under the default elevations, which stop at 45°), ignores
   the suffix. Raises UserError (listing the accepted forms) for other prompts.
   """
@@ -145,17 +150,21 @@ def solids_prompt_mask(data: dict[str, np.ndarray], prompt: str) -> np.ndarray:
   mask = data["solid"] == scene.solid_index
   if scene.colour is not None:
     mask &= data["colour"] == scenes.COLOURS.index(scene.colour)
-  if scene.view is not None:
+  if scene.view in cameras.AZIMUTH_LABELS:
+    in_view = mask & (data["sector"] == cameras.AZIMUTH_LABELS.index(scene.view))
+    mask = in_view if in_view.any() else mask
+  elif scene.view is not None:
     in_view = mask & (data["view"] == cameras.VIEW_LABELS.index(scene.view))
     mask = in_view if in_view.any() else mask
   return mask
 
 
-def solids_analytic_prior(key: jax.Array, views_per_object: int = 16, resolution: int = 32,
+def solids_analytic_prior(key: jax.Array, views_per_object: int = 64, resolution: int = 32,
                           supersample: int = 2, **kwargs) -> base.Prior:
   """The exact prior over solids renders (see `render_solids_set`), for solids prompts only."""
   data = render_solids_set(key, views_per_object, resolution, supersample)
-  return analytic_prior(data["image"], lambda p: solids_prompt_mask(data, p), **kwargs)
+  return analytic_prior(data["image"], lambda p: solids_prompt_mask(data, p),
+                        view_schemes=cameras.VIEW_SCHEMES, **kwargs)
 
 
 __all__ = ["analytic_prior", "mixture_eps", "render_solids_set", "solids_prompt_mask",

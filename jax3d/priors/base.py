@@ -63,6 +63,9 @@ class Prior:
   model_fn: ModelFn = dataclasses.field(repr=False)
   latent: bool = False
   render_resolution: int | None = None
+  # The view-label schemes (cameras.VIEW_SCHEMES) its text conditioning was trained with; a
+  # system refuses view-dependent prompts in any other (they would be out of distribution).
+  view_schemes: tuple[str, ...] = ("dreamfusion",)
   _cache: dict[str, jax.Array] = dataclasses.field(default_factory=dict, init=False,
                                                    repr=False)
 

@@ -83,25 +83,36 @@ def colourless_prompts() -> list[str]:
   return [prompt_for(s) for s in SOLIDS]
 
 
+_KNOWN_VIEWS = frozenset(cameras.VIEW_LABELS + cameras.AZIMUTH_LABELS)
+
+
+def _view(text: str) -> str:
+  return " ".join(text.split())
+
+
 _PROMPT_RE = re.compile(
     r"^(?:an?\s+)(?:(?P<colour>[a-z]+)\s+)?(?P<solid>[a-z]+)"
-    r"(?:\s*,\s*(?P<view>[a-z]+)\s+view)?\s*\.?$")
+    r"(?:\s*,\s*(?P<view>[a-z]+(?:\s+\d+)?)\s+view)?\s*\.?$")
 
 
 def parse_prompt(prompt: str) -> Scene:
-  """Parses 'a {colour} {solid}', 'an {colour} {solid}' or 'a {solid}' (+ ', {view} view')."""
+  """Parses 'a {colour} {solid}', 'an {colour} {solid}' or 'a {solid}' (+ ', {view} view'),
+  the view a label of either scheme in `cameras.VIEW_SCHEMES`."""
   if not isinstance(prompt, str) or not prompt.strip():
     raise UserError("the prompt is empty; give a solids prompt such as 'a red cube'")
   m = _PROMPT_RE.match(prompt.strip().lower())
   ok = (m is not None and m.group("solid") in SOLIDS and
         (m.group("colour") is None or m.group("colour") in COLOURS) and
-        (m.group("view") is None or m.group("view") in cameras.VIEW_LABELS))
+        (m.group("view") is None or _view(m.group("view")) in _KNOWN_VIEWS))
   if not ok:
     raise UserError(
         f"{prompt!r} is not a solids prompt; the solids world knows 'a {{colour}} {{solid}}' "
-        f"and 'a {{solid}}' (optionally ', {{front|side|back|overhead}} view') with colour in "
+        f"and 'a {{solid}}' (optionally ', {{front|side|back|overhead}} view' or ', azimuth "
+        f"{{0|30|...|330}} view') with colour in "
         f"{{{', '.join(COLOURS)}}} and solid in {{{', '.join(SOLIDS)}}}")
-  return Scene(solid=m.group("solid"), colour=m.group("colour"), view=m.group("view"))
+  view = m.group("view")
+  return Scene(solid=m.group("solid"), colour=m.group("colour"),
+               view=None if view is None else _view(view))
 
 
 def hue_to_rgb(hue_deg: float, saturation: float = SATURATION,

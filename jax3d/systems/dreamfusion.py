@@ -57,6 +57,7 @@ class SystemConfig:
   guidance_scale: float
   max_grad_norm: float
   view_dependent_prompt: bool
+  view_scheme: str  # cameras.VIEW_SCHEMES: which view labels suffix the prompt
   shading: ShadingConfig
   background: tuple[float, float, float]
   orientation_weight: float
@@ -89,6 +90,7 @@ class SystemConfig:
         timesteps=timesteps_lib.TimestepConfig.from_config(c.guidance.timesteps),
         guidance_scale=float(c.guidance.scale), max_grad_norm=float(c.guidance.max_grad_norm),
         view_dependent_prompt=bool(c.guidance.view_dependent_prompt),
+        view_scheme=particles.view_scheme(c),
         shading=ShadingConfig(probs=probs, ambient=float(c.shading.ambient),
                               light_jitter=float(c.shading.light_jitter),
                               albedo_warmup_steps=int(c.shading.albedo_warmup_steps),
@@ -201,7 +203,7 @@ class DreamFusion(particles.ParticleSystem):
     v = cfg.views_per_step
     cams = cameras.sample(k_cam, v, cfg.camera)
     az, el, _ = cameras.to_spherical(cams)
-    view = cameras.view_index(az, el)
+    view = cameras.view_index(az, el, cfg.view_scheme)
     probs = jnp.asarray(cfg.shading.probs)
     mode = jax.random.choice(k_shade, 3, (v,), p=probs)
     mode = jnp.where(step < cfg.shading.albedo_warmup_steps, 0, mode)

@@ -67,16 +67,25 @@ def make_optimizer(cfg: OptimConfig, field: radiance.Field) -> optax.GradientTra
   return tx
 
 
-def view_prompts(prompt: str, view_dependent: bool) -> list[str]:
-  """The prompt per view label (VIEW_LABELS order), suffixed when view-dependent."""
+def view_prompts(prompt: str, view_dependent: bool, scheme: str = "dreamfusion") -> list[str]:
+  """The prompt per view label of `scheme` (`cameras.view_labels` order), suffixed when
+  view-dependent."""
   return [prompt + (cameras.view_suffix(v) if view_dependent else "")
-          for v in cameras.VIEW_LABELS]
+          for v in cameras.view_labels(scheme)]
+
+
+def view_scheme(c: ml_collections.ConfigDict) -> str:
+  """The config's view-label scheme (`guidance.view_labels`), checked."""
+  scheme = str(c.guidance.get("view_labels", "dreamfusion"))
+  cameras.check_view_scheme(scheme)
+  return scheme
 
 
 class ParticleSystem:
   """Pure `init` and `train_step` over a particle population; subclasses add the loss.
 
-  The subclass's config must have: prompt, num_particles, view_dependent_prompt, render
+  The subclass's config must have: prompt, num_particles, view_dependent_prompt, view_scheme,
+  render
   (a volume.RenderConfig), background and optim (an OptimConfig).
   """
 
@@ -87,8 +96,15 @@ class ParticleSystem:
     self.mesh = mesh if mesh is not None else sharding.particle_mesh(cfg.num_particles)
     self.tx = make_optimizer(cfg.optim, field)
     self.background = jnp.asarray(cfg.background, jnp.float32)  # what empty rays composite
+    if cfg.view_dependent_prompt and cfg.view_scheme not in prior.view_schemes:
+      raise UserError(
+          f"the {prior.name} prior was trained with view labels "
+          f"{', '.join(prior.view_schemes)}, not {cfg.view_scheme}; set "
+          f"--config.guidance.view_labels={prior.view_schemes[0]} or use a prior that knows "
+          f"{cfg.view_scheme} (the analytic prior knows every scheme)")
     # Embeddings per view label and the unconditional one, computed once (cached by the prior).
-    self.cond_table = prior.embed(view_prompts(cfg.prompt, cfg.view_dependent_prompt))
+    self.cond_table = prior.embed(view_prompts(cfg.prompt, cfg.view_dependent_prompt,
+                                               cfg.view_scheme))
     self.uncond = prior.uncond(1)
     self._step = self._build_step()
 
@@ -238,4 +254,5 @@ def _color(field, to_rgb, params, blob, x):
   return to_rgb(field.query(params, x, blob)["color"])
 
 
-__all__ = ["ParticleSystem", "OptimConfig", "make_optimizer", "view_prompts", "State"]
+__all__ = ["ParticleSystem", "OptimConfig", "make_optimizer", "view_prompts", "view_scheme",
+           "State"]

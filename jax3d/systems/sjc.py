@@ -48,6 +48,7 @@ class SystemConfig:
   render: volume.RenderConfig
   paas: sjc_lib.PAASConfig
   view_dependent_prompt: bool
+  view_scheme: str  # cameras.VIEW_SCHEMES: which view labels suffix the prompt
   render_space: str
   background: tuple[float, ...]
   emptiness_weight: float
@@ -96,7 +97,8 @@ class SystemConfig:
         prompt=prompt, num_particles=int(c.num_particles), num_steps=int(c.num_steps),
         views_per_step=int(c.views_per_step), camera=camera, field=field,
         render=volume.RenderConfig(**dict(c.render)), paas=paas,
-        view_dependent_prompt=bool(c.guidance.view_dependent_prompt), render_space=space,
+        view_dependent_prompt=bool(c.guidance.view_dependent_prompt),
+        view_scheme=particles.view_scheme(c), render_space=space,
         background=background, emptiness_weight=float(r.emptiness_weight),
         emptiness_scale=float(r.emptiness_scale), emptiness_step=float(r.emptiness_step),
         emptiness_multiplier=float(r.emptiness_multiplier),
@@ -180,7 +182,7 @@ class SJC(particles.ParticleSystem):
     if cfg.render_space == "image":
       x = self.prior.encode(prior_params, x)
     t = sjc_lib.sample_timesteps(k_t, cfg.paas, self.prior.num_train_timesteps, (v,))
-    cond = cond_table[cameras.view_index(az, el)]
+    cond = cond_table[cameras.view_index(az, el, cfg.view_scheme)]
     loss_sjc, aux = sjc_lib.sjc_loss(self.prior, prior_params, k_noise, x, t, cond,
                                      jnp.broadcast_to(uncond, (v,) + uncond.shape[1:]),
                                      cfg.paas)
