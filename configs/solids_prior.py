@@ -42,6 +42,9 @@ def get_config(preset=None):
       supersample=2,
       hflip=True,  # every solid and the camera-side light are mirror-symmetric
       drop=0.1, colourless=0.3, view_suffix=0.5, other_article=0.2,
+      # Caption view words (jax3d/cameras.py): DreamFusion's front/side/back/overhead, or
+      # "azimuth" (12 sectors of 30°), which pins a symmetric solid's orientation per view.
+      view_labels="dreamfusion",
   ))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=4000,

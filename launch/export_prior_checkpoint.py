@@ -24,7 +24,8 @@ def main(workdir: str, out: str) -> None:
   state, _, step = ckpt.restore(setup.state)
   ckpt.close()
   solids_model.save_folder(setup.nets, state["ema"], out,
-                           guidance_scale=cfg.sample_guidance_scale)
+                           guidance_scale=cfg.sample_guidance_scale,
+                           view_schemes=(prior.view_scheme(cfg),))
   print(f"exported the EMA weights of step {step} to {out}")
 
 

@@ -48,6 +48,43 @@ def test_captions_table_matches_the_indexing():
   assert texts[dataset_lib.caption_index(0, 0, 0, 0)] == "a red sphere"
 
 
+def test_azimuth_captions_are_whole_word_tokens():
+  texts = dataset_lib.caption_texts("azimuth")
+  assert len(texts) == dataset_lib.empty_caption_index("azimuth") + 1
+  assert texts[dataset_lib.caption_index(7, 2, 0, 0, "azimuth")] == (
+      "an orange cube, azimuth 30 view")
+  assert texts[dataset_lib.caption_index(0, 12, 1, 0, "azimuth")] == "a sphere, azimuth 330 view"
+  tokens = np.asarray(prior_train._tokenize(texts[:-1], 16))  # pylint: disable=protected-access
+  # Every caption fits the 16-token context untruncated (it ends in EOS padding) and the
+  # distinct captions are distinct token sequences.
+  eos = tokens[0, -1]
+  assert (tokens[:, -1] == eos).all()
+  assert len({t.tobytes() for t in tokens}) == len(set(texts[:-1]))
+  one = np.asarray(prior_train._tokenize(["a red cube, azimuth 330 view"], 16))[0]  # pylint: disable=protected-access
+  # BOS, a, red, cube, ",", azimuth (one token), 3, 3, 0 (CLIP splits digits), view, EOS.
+  assert (one != eos).sum() == 10 and one[10] == eos
+
+
+def test_a_prior_trained_with_azimuth_labels_declares_them(trained, tmp_path):
+  from jax3d.errors import UserError  # pylint: disable=g-import-not-at-top
+  from jax3d.systems import dreamfusion  # pylint: disable=g-import-not-at-top
+  cfg = tiny(num_steps=2)
+  cfg.data.view_labels = "azimuth"
+  summary = prior_train.train(str(tmp_path / "az"), cfg, enable_bar=False)
+  prior = registry.load_prior(summary["exported"])
+  assert prior.view_schemes == ("azimuth",)
+  assert registry.load_prior(trained[1]["exported"]).view_schemes == ("dreamfusion",)
+  system_cfg = configuration.load("dreamfusion:toy")
+  system_cfg.camera.height = system_cfg.camera.width = 16
+  system_cfg.guidance.view_labels = "azimuth"
+  system = dreamfusion.DreamFusion(
+      dreamfusion.SystemConfig.from_config("a red cube", system_cfg), prior)
+  assert system.cond_table.shape[0] == 12
+  system_cfg.guidance.view_labels = "dreamfusion"
+  with pytest.raises(UserError, match="trained with view labels azimuth"):
+    dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config("a red cube", system_cfg), prior)
+
+
 def test_loss_decreases_on_a_fixed_batch(trained):
   cfg = tiny(num_steps=15)
   cfg.train.learning_rate = 5e-3

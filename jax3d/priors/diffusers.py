@@ -34,6 +34,7 @@ import safetensors.numpy
 from flax import serialization
 from flax import traverse_util
 
+from jax3d import cameras
 from jax3d.errors import UserError
 from jax3d.priors import _quiet  # noqa: F401  (silences the Flax deprecation notices; first)
 from jax3d.priors import base
@@ -431,6 +432,11 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
     render_resolution = int(extra.get(
         "render_resolution", min(SD_RENDER_RESOLUTION, resolution) if latent else resolution))
   ac = jnp.asarray(alphas_cumprod)
+  schemes = extra.get("view_schemes", ["dreamfusion"])
+  if (not isinstance(schemes, list) or not schemes or
+      any(s not in cameras.VIEW_SCHEMES for s in schemes)):
+    raise UserError(f"{root}/model_index.json: jax3d.view_schemes must be a non-empty list of "
+                    f"{', '.join(cameras.VIEW_SCHEMES)}, got {schemes!r}")
 
   return base.Prior(
       name=name or root.resolve().name,
@@ -447,6 +453,7 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
       model_fn=_unet_model_fn(unet, ac, prediction),
       latent=latent,
       render_resolution=render_resolution,
+      view_schemes=tuple(schemes),
   )
 
 

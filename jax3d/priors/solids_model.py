@@ -28,8 +28,10 @@ from jax3d.solids import scenes
 import diffusers  # pylint: disable=g-import-not-at-top
 import transformers  # pylint: disable=g-import-not-at-top
 
+# Appending keeps earlier words' token ids (and so earlier checkpoints' tokenizers) stable.
+# Numbers need no entry: CLIP's pre-tokenizer splits them into single digits, all in the vocab.
 VOCAB_WORDS = (("a", "an", "view", ",") + scenes.SOLIDS + scenes.COLOURS +
-               cameras.VIEW_LABELS)
+               cameras.VIEW_LABELS + ("azimuth",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +134,10 @@ def count_params(tree) -> int:
 
 def save_folder(nets: Networks, params: dict[str, Any], folder: str,
                 extra_files: dict[str, str] | None = None,
-                guidance_scale: float = 3.0) -> None:
-  """Writes a diffusers-layout folder atomically (a temp folder renamed into place)."""
+                guidance_scale: float = 3.0,
+                view_schemes: tuple[str, ...] = ("dreamfusion",)) -> None:
+  """Writes a diffusers-layout folder atomically (a temp folder renamed into place);
+  `model_index.json` records the view-label schemes its captions used."""
   parent = os.path.dirname(os.path.abspath(folder)) or "."
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-prior-")
@@ -155,7 +159,8 @@ def save_folder(nets: Networks, params: dict[str, Any], folder: str,
                  "tokenizer": ["transformers", "CLIPTokenizer"],
                  "scheduler": ["diffusers", "FlaxDDIMScheduler"],
                  "jax3d": {"resolution": nets.cfg.resolution, "pixel_space": True,
-                           "default_guidance_scale": guidance_scale}},
+                           "default_guidance_scale": guidance_scale,
+                           "view_schemes": list(view_schemes)}},
                 f, indent=2)
     for name, text in (extra_files or {}).items():
       with open(os.path.join(tmp, name), "w") as f:

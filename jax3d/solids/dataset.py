@@ -3,7 +3,8 @@
 Every image is one object (solid × colour) from a camera of the shared distribution. Its
 caption is drawn per training step, inside the jitted step, from a small table of variants:
 - `a {colour} {solid}` or the colourless `a {solid}` (which thereby covers every palette colour),
-- with the DreamFusion view suffix of the image's own camera, or without,
+- with the view suffix of the image's own camera (DreamFusion's words, or the 30° azimuth
+  sectors of `cameras.VIEW_SCHEMES`, chosen per training run), or without,
 - with the right article ("an orange cone") or the other one ("a orange cone"),
 - or the empty prompt (classifier-free guidance dropout).
 """
@@ -20,8 +21,13 @@ from jax3d import cameras
 from jax3d.solids import render, scenes
 
 NUM_OBJECTS = len(scenes.SOLIDS) * len(scenes.COLOURS)
-# Caption variant axes: view (none + the 4 labels), colour given or not, article right or not.
-NUM_VIEWS = 1 + len(cameras.VIEW_LABELS)
+# Bump when the cached .npz layout changes (old caches are then rebuilt).
+_CACHE_FORMAT = 2
+
+
+def num_views(scheme: str = "dreamfusion") -> int:
+  """Caption view variants: none, or one of the scheme's labels."""
+  return 1 + len(cameras.view_labels(scheme))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +44,13 @@ def object_of(index: int) -> tuple[str, str]:
           scenes.COLOURS[index % len(scenes.COLOURS)])
 
 
-def caption_texts() -> list[str]:
+def caption_texts(scheme: str = "dreamfusion") -> list[str]:
   """Every caption variant, indexed by `caption_index`, then the empty prompt last."""
-  texts = []
+  texts, labels = [], cameras.view_labels(scheme)
   for o in range(NUM_OBJECTS):
     solid, colour = object_of(o)
-    for v in range(NUM_VIEWS):
-      view = None if v == 0 else cameras.VIEW_LABELS[v - 1]
+    for v in range(num_views(scheme)):
+      view = None if v == 0 else labels[v - 1]
       for colourless in (0, 1):
         for other in (0, 1):
           c = None if colourless else colour
@@ -56,17 +62,19 @@ def caption_texts() -> list[str]:
   return texts
 
 
-def caption_index(obj, view, colourless, other_article):
-  return ((obj * NUM_VIEWS + view) * 2 + colourless) * 2 + other_article
+def caption_index(obj, view, colourless, other_article, scheme: str = "dreamfusion"):
+  return ((obj * num_views(scheme) + view) * 2 + colourless) * 2 + other_article
 
 
-def empty_caption_index() -> int:
-  return NUM_OBJECTS * NUM_VIEWS * 4
+def empty_caption_index(scheme: str = "dreamfusion") -> int:
+  return NUM_OBJECTS * num_views(scheme) * 4
 
 
 def sample_captions(key: jax.Array, obj: jax.Array, view_label: jax.Array,
-                    probs: CaptionProbs = CaptionProbs()) -> jax.Array:
-  """Caption indices for a batch of images (objects and their cameras' view labels)."""
+                    probs: CaptionProbs = CaptionProbs(),
+                    scheme: str = "dreamfusion") -> jax.Array:
+  """Caption indices for a batch of images (objects and their cameras' view labels, indices
+  into `cameras.view_labels(scheme)`)."""
   k1, k2, k3, k4 = jax.random.split(key, 4)
   shape = obj.shape
   with_view = jax.random.bernoulli(k1, probs.view_suffix, shape)
@@ -74,15 +82,20 @@ def sample_captions(key: jax.Array, obj: jax.Array, view_label: jax.Array,
   other = jax.random.bernoulli(k3, probs.other_article, shape).astype(jnp.int32)
   drop = jax.random.bernoulli(k4, probs.drop, shape)
   view = jnp.where(with_view, view_label + 1, 0)
-  idx = caption_index(obj, view, colourless, other)
-  return jnp.where(drop, empty_caption_index(), idx)
+  idx = caption_index(obj, view, colourless, other, scheme)
+  return jnp.where(drop, empty_caption_index(scheme), idx)
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   images: np.ndarray  # (N, H, W, 3) float32 in [0, 1]
   objects: np.ndarray  # (N,) int32 object index
-  view_labels: np.ndarray  # (N,) int32 index into cameras.VIEW_LABELS
+  azimuth: np.ndarray  # (N,) float32 camera azimuth, degrees
+  elevation: np.ndarray  # (N,) float32 camera elevation, degrees
+
+  def view_labels(self, scheme: str = "dreamfusion") -> np.ndarray:
+    """(N,) int32 index of each image's camera into `cameras.view_labels(scheme)`."""
+    return np.asarray(cameras.view_index(self.azimuth, self.elevation, scheme), np.int32)
 
 
 def build(key: jax.Array, views_per_object: int, resolution: int = 32,
@@ -106,22 +119,23 @@ def build(key: jax.Array, views_per_object: int, resolution: int = 32,
           num_steps=num_steps)["image"]))
   az, el, _ = cameras.to_spherical(cams)
   return Dataset(images=np.concatenate(images).astype(np.float32), objects=objects,
-                 view_labels=np.asarray(cameras.view_index(az, el), np.int32))
+                 azimuth=np.asarray(az, np.float32), elevation=np.asarray(el, np.float32))
 
 
 def build_cached(path: str, key: jax.Array, views_per_object: int, resolution: int = 32,
                  supersample: int = 2) -> Dataset:
   """`build`, memoized in an .npz file keyed by its arguments (resumed runs skip the render)."""
   import os  # pylint: disable=g-import-not-at-top
-  signature = np.asarray([views_per_object, resolution, supersample,
+  signature = np.asarray([_CACHE_FORMAT, views_per_object, resolution, supersample,
                           *np.asarray(jax.random.key_data(key)).ravel()], np.int64)
   if os.path.exists(path):
     with np.load(path) as f:
       if np.array_equal(f["signature"], signature):
-        return Dataset(images=f["images"], objects=f["objects"], view_labels=f["view_labels"])
+        return Dataset(images=f["images"], objects=f["objects"], azimuth=f["azimuth"],
+                       elevation=f["elevation"])
   ds = build(key, views_per_object, resolution, supersample)
   tmp = path + ".tmp.npz"
   np.savez(tmp, signature=signature, images=ds.images, objects=ds.objects,
-           view_labels=ds.view_labels)
+           azimuth=ds.azimuth, elevation=ds.elevation)
   os.replace(tmp, path)
   return ds

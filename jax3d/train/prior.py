@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jax3d import cameras
 from jax3d import configuration
 from jax3d.priors import sampling, solids_model
 from jax3d.solids import dataset as dataset_lib
@@ -51,6 +52,13 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
                                                                           weight_decay=0.0))
 
 
+def view_scheme(cfg: ml_collections.ConfigDict) -> str:
+  """The view labels the captions use (`data.view_labels`, a `cameras.VIEW_SCHEMES` entry)."""
+  scheme = str(cfg.data.get("view_labels", "dreamfusion"))
+  cameras.check_view_scheme(scheme)
+  return scheme
+
+
 def make_loss(nets: solids_model.Networks, cfg: ml_collections.ConfigDict,
               alphas_cumprod: jax.Array):
   """`loss(params, data, key)`: the ε-MSE of one random captioned batch drawn from `data`."""
@@ -58,6 +66,7 @@ def make_loss(nets: solids_model.Networks, cfg: ml_collections.ConfigDict,
                                    view_suffix=cfg.data.view_suffix,
                                    other_article=cfg.data.other_article)
   batch, hflip = cfg.train.batch_size, cfg.data.hflip
+  scheme = view_scheme(cfg)
   num_t = alphas_cumprod.shape[0]
 
   def loss_fn(params, data, key):
@@ -68,7 +77,7 @@ def make_loss(nets: solids_model.Networks, cfg: ml_collections.ConfigDict,
       flip = jax.random.bernoulli(k_flip, 0.5, (batch, 1, 1, 1))
       x0 = jnp.where(flip, x0[:, :, ::-1], x0)
     caption = dataset_lib.sample_captions(k_cap, data["objects"][idx],
-                                          data["view_labels"][idx], probs)
+                                          data["view_labels"][idx], probs, scheme)
     context = solids_model.encode_text(nets, params["text"], data["tokens"][caption])
     t = jax.random.randint(k_t, (batch,), 0, num_t)
     eps = jax.random.normal(k_eps, x0.shape)
@@ -122,8 +131,9 @@ def prepare(workdir: str, cfg: ml_collections.ConfigDict) -> Setup:
                                cfg.data.views_per_object, model_cfg.resolution,
                                cfg.data.supersample)
   data = {"images": jnp.asarray(ds.images), "objects": jnp.asarray(ds.objects),
-          "view_labels": jnp.asarray(ds.view_labels),
-          "tokens": jnp.asarray(_tokenize(dataset_lib.caption_texts(), model_cfg.max_length))}
+          "view_labels": jnp.asarray(ds.view_labels(view_scheme(cfg))),
+          "tokens": jnp.asarray(_tokenize(dataset_lib.caption_texts(view_scheme(cfg)),
+                                          model_cfg.max_length))}
   data_time = time.perf_counter() - t0
   params = solids_model.init_params(nets, k_init)
   tx = make_optimizer(cfg)
@@ -179,7 +189,8 @@ def train(workdir: str, cfg: ml_collections.ConfigDict, stop_after: int | None =
   if result.step >= cfg.train.num_steps:
     folder = export_to or os.path.join(workdir, "solids-prior")
     solids_model.save_folder(nets, result.state["ema"], folder,
-                             guidance_scale=cfg.sample_guidance_scale)
+                             guidance_scale=cfg.sample_guidance_scale,
+                             view_schemes=(view_scheme(cfg),))
     summary["exported"] = folder
   with open(os.path.join(workdir, "train_summary.json"), "w") as f:
     json.dump(summary, f, indent=2, default=str)
