@@ -43,6 +43,11 @@ def get_config(preset=None):
   # hue and silhouette survive it, which is what the solids benchmark measures.
   c.shading = ml_collections.ConfigDict(dict(
       probs=(1.0, 0.0, 0.0), ambient=0.35, light_jitter=0.3, albedo_warmup_steps=0,
+      # "sample": shade every ray sample with its own normal (second order through the field);
+      # "surface": shade once per ray at the expected surface point with a central-difference
+      # normal (first order). 2-core CPU, toy: 0.40 s per step vs 0.28 albedo-only and 2.3 with
+      # per-sample analytic normals. "a red cube", Lambertian + "surface", 600 steps:
+      # silhouette IoU 0.82 (albedo-only: 0.84), still the cube's circumscribed cylinder.
       normals="sample"))
   c.background = (1.0, 1.0, 1.0)  # plain white, as the solids world
   c.regularizers = ml_collections.ConfigDict(dict(orientation=0.0, opacity=0.0,
