@@ -54,6 +54,9 @@ def get_config(preset=None):
       warmup_steps=200,
       grad_clip=1.0,
       ema_decay=0.999,
+      # A trained prior to start from ('solids' or a folder): fine-tuning, e.g. the shipped
+      # prior onto data.view_labels=azimuth captions. "" trains from scratch.
+      init_from="",
   ))
   c.log_every = 25
   c.checkpoint_every = 250

@@ -85,6 +85,21 @@ def test_a_prior_trained_with_azimuth_labels_declares_them(trained, tmp_path):
     dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config("a red cube", system_cfg), prior)
 
 
+@pytest.mark.parametrize("scheme", ["dreamfusion", "azimuth"])
+def test_mirrored_views_label_the_mirror_image(scheme):
+  """A flipped render of a cube from azimuth φ is the render from −φ, and `mirrored_views`
+  gives the label of −φ (brute force over azimuths away from sector edges)."""
+  from jax3d import cameras  # pylint: disable=g-import-not-at-top
+  from jax3d.solids import render  # pylint: disable=g-import-not-at-top
+  cams = cameras.from_spherical(np.array([37.0, -37.0]), np.array([20.0, 20.0]), 2.0, 40.0,
+                                24, 24)
+  images = np.asarray(render.render_batch("cube", np.ones((2, 3)), cams)["image"])
+  np.testing.assert_allclose(images[0][:, ::-1], images[1], atol=2e-3)
+  az = np.linspace(-359.0, 359.0, 719) + 0.37
+  got = dataset_lib.mirrored_views(np.asarray(cameras.view_index(az, 10.0, scheme)), scheme)
+  np.testing.assert_array_equal(got, cameras.view_index(-az, 10.0, scheme))
+
+
 def test_loss_decreases_on_a_fixed_batch(trained):
   cfg = tiny(num_steps=15)
   cfg.train.learning_rate = 5e-3
@@ -148,3 +163,27 @@ def test_shipped_prior_gives_finite_eps():
   eps = prior.eps(prior.params, x, jnp.array([500]), cond, prior.uncond(1),
                   prior.default_guidance_scale)
   assert eps.shape == (1, 32, 32, 3) and bool(jnp.all(jnp.isfinite(eps)))
+
+
+def test_fine_tuning_starts_from_the_shipped_weights():
+  """`train.init_from=solids` copies the shipped UNet and text encoder; rows of tokens the
+  shipped vocabulary has ('azimuth' it has not) are matched by string, so the new tokenizer
+  and the copied encoder embed a shipped-vocabulary prompt exactly as the shipped prior does."""
+  from jax3d.errors import UserError  # pylint: disable=g-import-not-at-top
+  from jax3d.priors import solids_model  # pylint: disable=g-import-not-at-top
+  cfg = configuration.load("solids_prior")
+  nets = solids_model.build(solids_model.ModelConfig.from_config(cfg.model))
+  init = solids_model.init_params(nets, jax.random.key(0))
+  params = prior_train.params_from_folder(init, "solids")
+  shipped = registry.load_prior("solids")
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               params["unet"], shipped.params["unet"])
+  prompts = ["a red cube", "a torus, side view", ""]
+  tokens = prior_train._tokenize(prompts, cfg.model.max_length)  # pylint: disable=protected-access
+  got = solids_model.encode_text(nets, params["text"], jnp.asarray(tokens))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(shipped.embed(prompts)), atol=1e-5)
+  with pytest.raises(UserError, match="shapes config.model builds"):
+    tiny_nets = solids_model.build(solids_model.ModelConfig.from_config(tiny().model))
+    prior_train.params_from_folder(solids_model.init_params(tiny_nets, jax.random.key(0)),
+                                   "solids")
+

@@ -28,8 +28,9 @@ from jax3d.solids import scenes
 import diffusers  # pylint: disable=g-import-not-at-top
 import transformers  # pylint: disable=g-import-not-at-top
 
-# Appending keeps earlier words' token ids (and so earlier checkpoints' tokenizers) stable.
-# Numbers need no entry: CLIP's pre-tokenizer splits them into single digits, all in the vocab.
+# A trained folder carries its own tokenizer, so extending this list leaves shipped priors
+# alone (token ids shift: BOS and EOS come last). Numbers need no entry: CLIP's pre-tokenizer
+# splits them into single digits, all in the vocabulary.
 VOCAB_WORDS = (("a", "an", "view", ",") + scenes.SOLIDS + scenes.COLOURS +
                cameras.VIEW_LABELS + ("azimuth",))
 

@@ -44,6 +44,19 @@ def object_of(index: int) -> tuple[str, str]:
           scenes.COLOURS[index % len(scenes.COLOURS)])
 
 
+def mirrored_views(view, scheme: str = "dreamfusion"):
+  """The view label of each image's horizontal mirror image.
+
+  Every solid is symmetric under y -> −y, so the mirror image of the view from azimuth φ is
+  the view from −φ: azimuth sector k becomes sector −k; DreamFusion's words depend on |φ| only.
+  """
+  if scheme == "azimuth":
+    n = len(cameras.AZIMUTH_LABELS)
+    return (n - view) % n
+  cameras.check_view_scheme(scheme)
+  return view
+
+
 def caption_texts(scheme: str = "dreamfusion") -> list[str]:
   """Every caption variant, indexed by `caption_index`, then the empty prompt last."""
   texts, labels = [], cameras.view_labels(scheme)

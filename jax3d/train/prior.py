@@ -21,6 +21,7 @@ import optax
 
 from jax3d import cameras
 from jax3d import configuration
+from jax3d.errors import UserError
 from jax3d.priors import sampling, solids_model
 from jax3d.solids import dataset as dataset_lib
 from jax3d.train import loop
@@ -73,11 +74,12 @@ def make_loss(nets: solids_model.Networks, cfg: ml_collections.ConfigDict,
     k_idx, k_cap, k_t, k_eps, k_flip = jax.random.split(key, 5)
     idx = jax.random.randint(k_idx, (batch,), 0, data["images"].shape[0])
     x0 = data["images"][idx] * 2.0 - 1.0
+    view = data["view_labels"][idx]
     if hflip:
       flip = jax.random.bernoulli(k_flip, 0.5, (batch, 1, 1, 1))
       x0 = jnp.where(flip, x0[:, :, ::-1], x0)
-    caption = dataset_lib.sample_captions(k_cap, data["objects"][idx],
-                                          data["view_labels"][idx], probs, scheme)
+      view = jnp.where(flip[:, 0, 0, 0], dataset_lib.mirrored_views(view, scheme), view)
+    caption = dataset_lib.sample_captions(k_cap, data["objects"][idx], view, probs, scheme)
     context = solids_model.encode_text(nets, params["text"], data["tokens"][caption])
     t = jax.random.randint(k_t, (batch,), 0, num_t)
     eps = jax.random.normal(k_eps, x0.shape)
@@ -136,11 +138,48 @@ def prepare(workdir: str, cfg: ml_collections.ConfigDict) -> Setup:
                                           model_cfg.max_length))}
   data_time = time.perf_counter() - t0
   params = solids_model.init_params(nets, k_init)
+  if cfg.train.get("init_from"):
+    params = params_from_folder(params, str(cfg.train.init_from))
   tx = make_optimizer(cfg)
   state = {"params": params, "ema": params, "opt_state": tx.init(params)}
   return Setup(nets=nets, alphas_cumprod=alphas, data=data, state=state,
                step=make_step(nets, tx, cfg, alphas), loss=make_loss(nets, cfg, alphas),
                train_key=k_train, data_time=data_time)
+
+
+def params_from_folder(init: dict[str, Any], spec: str) -> dict[str, Any]:
+  """`init` with the weights of a trained prior ('solids' or a folder) copied in: fine-tuning.
+
+  The UNet and text encoder must have the shapes `config.model` builds. Token-embedding rows
+  are matched by token string, so a folder whose vocabulary lacks words of
+  `solids_model.VOCAB_WORDS` (e.g. 'azimuth') fine-tunes with those rows at their init.
+  """
+  from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
+  from jax3d.priors import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  prior = registry.load_prior(spec)
+  path = (registry.shipped_solids_path() if spec == registry.SOLIDS
+          else os.path.expanduser(spec))
+  with open(os.path.join(path, "tokenizer", "vocab.json")) as f:
+    old_vocab = json.load(f)
+  new_vocab = tokenizer_lib.build_vocab(solids_model.VOCAB_WORDS)[0]
+
+  def flat(tree):
+    return {tuple(str(getattr(k, "key", k)) for k in kp): v
+            for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  src = flat({"unet": prior.params["unet"], "text": prior.params["text_encoder"]})
+  paths = flat(init)
+  emb = ("text", "text_model", "embeddings", "token_embedding", "embedding")
+  if set(src) != set(paths) or any(src[k].shape != v.shape for k, v in paths.items()
+                                   if k != emb):
+    raise UserError(f"{spec}: its UNet or text encoder does not have the shapes config.model "
+                    f"builds; set config.model to the folder's architecture")
+  table, old_table = np.array(paths[emb]), np.asarray(src[emb])
+  for token, i in new_vocab.items():
+    if token in old_vocab:
+      table[i] = old_table[old_vocab[token]]
+  src[emb] = table
+  leaves = [jnp.asarray(src[k]) for k in paths]  # `flat` keeps the leaves' order
+  return jax.tree.unflatten(jax.tree.structure(init), leaves)
 
 
 def train(workdir: str, cfg: ml_collections.ConfigDict, stop_after: int | None = None,
