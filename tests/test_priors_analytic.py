@@ -172,7 +172,7 @@ def test_solids_set_matches_direct_renders(solids):
     assert (data["solid"][i], data["colour"][i]) == (s, c)
     cam = jax.tree.map(lambda a: a[s * M + view], cams)
     direct = render.render(s, scenes.albedo(colour), cam, supersample=2)["image"]
-    np.testing.assert_allclose(data["image"][i], direct, atol=1e-5)
+    np.testing.assert_allclose(data["image"][i], direct, atol=1e-4)  # static vs traced solid
     az, el, _ = cameras.to_spherical(cam)
     assert cameras.VIEW_LABELS[data["view"][i]] == cameras.view_label(az, el)
     assert cameras.AZIMUTH_LABELS[data["sector"][i]] == cameras.view_label(az, el, "azimuth")

@@ -116,12 +116,14 @@ def render_solids_set(key: jax.Array, views_per_object: int = 16, resolution: in
   m, ns, nc = views_per_object, len(scenes.SOLIDS), len(scenes.COLOURS)
   cfg = cameras.CameraConfig(height=resolution, width=resolution)
   cams = cameras.sample(key, ns * m, cfg)
-  solid = np.repeat(np.arange(ns), m)
-  out = solids_render.render_batch(jnp.asarray(solid), jnp.ones((ns * m, 3)), cams,
-                                   supersample=supersample)
-  white = np.asarray(out["image"]).reshape(ns, 1, m, resolution, resolution, 3)
-  background = solids_render.BACKGROUND * (1.0 - np.asarray(out["mask"])).reshape(
-      ns, 1, m, resolution, resolution, 1)
+  # One static solid per call: only its own SDF is traced (a traced index evaluates all five).
+  outs = [solids_render.render_batch(
+      name, jnp.ones((m, 3)), jax.tree.map(lambda a, i=i: a[i * m:(i + 1) * m], cams),
+      supersample=supersample) for i, name in enumerate(scenes.SOLIDS)]
+  white = np.stack([np.asarray(o["image"]) for o in outs]).reshape(
+      ns, 1, m, resolution, resolution, 3)
+  background = solids_render.BACKGROUND * (1.0 - np.stack(
+      [np.asarray(o["mask"]) for o in outs])).reshape(ns, 1, m, resolution, resolution, 1)
   albedo = scenes.palette().reshape(1, nc, 1, 1, 1, 3)
   image = albedo * (white - background) + background
   azimuth, elevation, _ = cameras.to_spherical(cams)
