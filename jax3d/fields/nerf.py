@@ -37,6 +37,7 @@ import ml_collections
 
 from jax3d.errors import UserError
 from jax3d.fields import hashgrid
+from jax3d.render import volume
 
 DENSITY_ACTIVATIONS = ("softplus", "exp")
 NORMAL_METHODS = ("finite_difference", "analytic")
@@ -151,13 +152,6 @@ def _safe_normalize(v: jax.Array) -> jax.Array:
   return v / jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True) + 1e-20)
 
 
-def _fd_gradient(params: Params, x: jax.Array, cfg: NeRFConfig, blob_scale) -> jax.Array:
-  """Central differences of σ along the axes, (..., 3)."""
-  step = cfg.normal_eps * jnp.concatenate([jnp.eye(3), -jnp.eye(3)], axis=0)  # (6, 3)
-  sigma = density(params, x[..., None, :] + step, cfg, blob_scale)  # (..., 6)
-  return (sigma[..., :3] - sigma[..., 3:]) / (2.0 * cfg.normal_eps)
-
-
 def normals(params: Params, x: jax.Array, cfg: NeRFConfig, blob_scale=1.0) -> jax.Array:
   """Unit normals −∇σ/|∇σ| at world points x (..., 3), by `cfg.normal_method`."""
   return query(params, x, cfg, blob_scale, with_normals=True)["normal"]
@@ -177,10 +171,12 @@ def query(params: Params, x: jax.Array, cfg: NeRFConfig, blob_scale=1.0,
   if cfg.normal_method == "analytic":
     (sigma, albedo), vjp = jax.vjp(lambda p: _density_albedo(params, p, cfg, blob_scale), x)
     (grad,) = vjp((jnp.ones_like(sigma), jnp.zeros_like(albedo)))
+    normal = _safe_normalize(-grad)
   else:
     sigma, albedo = _density_albedo(params, x, cfg, blob_scale)
-    grad = _fd_gradient(params, x, cfg, blob_scale)
-  return {"density": sigma, "albedo": albedo, "normal": _safe_normalize(-grad)}
+    normal = volume.surface_normals(lambda p: density(params, p, cfg, blob_scale), x,
+                                    cfg.normal_eps)
+  return {"density": sigma, "albedo": albedo, "normal": normal}
 
 
 def shading_index(name: str) -> int:

@@ -125,20 +125,6 @@ def needs_normals(cfg: SystemConfig) -> bool:
   return per_sample_shading or cfg.orientation_weight > 0
 
 
-def surface_shading(cfg: SystemConfig, params, blob, out, origins, dirs, mode, light):
-  """Deferred shading (R, 3) and normals (R, 3): the composited albedo lit at each ray's
-  expected termination point x_s = o + d·depth, with n = −∇σ(x_s)/|∇σ(x_s)| by central
-  differences of step `field.normal_eps`, over the background. Gradients reach the surface's
-  orientation through the six density queries per ray and its position through the depth."""
-  x_s = origins + dirs * out["depth"][:, None]
-  normal = volume.surface_normals(lambda x: nerf.density(params, x, cfg.field, blob), x_s,
-                                  cfg.field.normal_eps)
-  shaded = nerf.shade_composite(out["rgb"], out["opacity"], normal, light - x_s, mode,
-                                cfg.shading.ambient)
-  bg = (1.0 - out["opacity"])[:, None] * jnp.asarray(cfg.background, jnp.float32)
-  return shaded + bg, normal
-
-
 def field_fn_for(cfg: SystemConfig, params, shading_mode, light_pos, blob,
                  with_normals: bool = True):
   """A `volume.render_rays` field: density, shaded 'rgb' and 'normal' per sample."""
@@ -172,7 +158,9 @@ def render_views(cfg: SystemConfig, params, cams: cameras.Camera, key, shading_m
                              background=None if deferred else {"rgb": jnp.asarray(cfg.background)})
     rgb, normal = out["rgb"], out["normal"]
     if deferred:
-      rgb, normal = surface_shading(cfg, params, blob, out, o, d, mode, light)
+      rgb, normal = particles.deferred_shading(
+          out, o, d, lambda x: nerf.density(params, x, cfg.field, blob), cfg.field.normal_eps,
+          jnp.asarray(cfg.background, jnp.float32), light, mode, cfg.shading.ambient)
     orient = (nerf.orientation_loss(out["weights"], out["samples"]["normal"], d)
               if with_normals else jnp.zeros(()))
     return {"rgb": rgb.reshape(h, w, 3), "opacity": out["opacity"].reshape(h, w),

@@ -74,6 +74,24 @@ def view_prompts(prompt: str, view_dependent: bool, scheme: str = "dreamfusion")
           for v in cameras.view_labels(scheme)]
 
 
+def deferred_shading(out: dict[str, jax.Array], origins: jax.Array, dirs: jax.Array,
+                     density_fn: Callable[[jax.Array], jax.Array], eps: float,
+                     background: jax.Array, light_pos=None, mode=None,
+                     ambient: float = nerf.DEFAULT_AMBIENT) -> tuple[jax.Array, jax.Array]:
+  """(colour (..., C), normal (..., 3)) of rendered rays `out` (colour 'rgb' composited
+  without a background): one normal per ray, −∇σ/|∇σ| by central differences of step `eps`
+  at the expected termination point x_s = o + d·depth; with a `mode`, the colour is lit there
+  by `nerf.shade_composite` (light at `light_pos`); then the background fills 1 − opacity.
+  Gradients reach the surface's orientation through the six density queries per ray and its
+  position through the depth."""
+  x_s = origins + dirs * out["depth"][..., None]
+  normal = volume.surface_normals(density_fn, x_s, eps)
+  color = out["rgb"]
+  if mode is not None:
+    color = nerf.shade_composite(color, out["opacity"], normal, light_pos - x_s, mode, ambient)
+  return color + (1.0 - out["opacity"])[..., None] * background, normal
+
+
 def view_scheme(c: ml_collections.ConfigDict) -> str:
   """The config's view-label scheme (`guidance.view_labels`), checked."""
   scheme = str(c.guidance.get("view_labels", "dreamfusion"))
@@ -193,16 +211,10 @@ class ParticleSystem:
         q = self.field.query(params, points, blob)
         return {"density": q["density"], "rgb": q["color"]}
       out = volume.render_image(fn, cam, None, self.cfg.render, chunk=4096)
-      # Deferred: one normal per pixel at the expected surface point (not per sample).
       origins, dirs = cameras.rays(cam)
-      x_s = origins + dirs * out["depth"][..., None]
-      normal = volume.surface_normals(lambda x: self.field.density(params, x, blob), x_s,
-                                      self.normal_eps)
-      color = out["rgb"]
-      if self.shades_renders:
-        color = nerf.shade_composite(color, out["opacity"], normal, cam.position - x_s, mode,
-                                     self.ambient)
-      color = color + (1.0 - out["opacity"])[..., None] * self.background
+      color, normal = deferred_shading(
+          out, origins, dirs, lambda x: self.field.density(params, x, blob), self.normal_eps,
+          self.background, cam.position, mode if self.shades_renders else None, self.ambient)
       return {"rgb": self._image(prior_params, color), "normal": normal,
               "opacity": out["opacity"]}
     return render
@@ -255,4 +267,4 @@ def _color(field, to_rgb, params, blob, x):
 
 
 __all__ = ["ParticleSystem", "OptimConfig", "make_optimizer", "view_prompts", "view_scheme",
-           "State"]
+           "deferred_shading", "State"]
