@@ -175,3 +175,26 @@ def test_eval_refuses_non_solids_prompts(tmp_path):
       "prompt": "a photo of a dog", "method": "sds", "prior": "x",
       "config": {"num_particles": 1}}}))
   _assert_user_error(_run("eval", str(work), cwd=tmp_path), None, "not a solids prompt")
+
+
+def test_eval_scores_a_known_mesh(tmp_path):
+  """`jax3d eval` on a run whose final mesh is the exact red cube, turned 20°: it scores as
+  the cube, red, and 2/π of its circumscribed cylinder (closed form)."""
+  import trimesh  # pylint: disable=g-import-not-at-top
+  work = tmp_path / "w"
+  (work / "final").mkdir(parents=True)
+  (work / "config.json").write_text(json.dumps({"run": {
+      "prompt": "a red cube", "method": "sds", "prior": "x", "config": {"num_particles": 1}}}))
+  box = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+  box.apply_transform(trimesh.transformations.rotation_matrix(np.deg2rad(20.0), (0, 0, 1)))
+  box.visual.face_colors = (230, 25, 25, 255)
+  box.export(work / "final" / "mesh.glb")
+  r = _run("eval", str(work), cwd=tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  row = json.loads((work / "eval.json").read_text())["particles"][0]
+  assert row["predicted_solid"] == "cube" and row["shape_correct"], row
+  assert row["occupancy_iou"] > 0.95 and row["silhouette_iou"] > 0.95, row
+  assert row["predicted_colour"] == "red" and row["colour_correct"], row
+  assert abs(row["cylinder_iou"] - 2.0 / np.pi) < 0.02, row
+  assert "cylinder_iou" in r.stdout
+

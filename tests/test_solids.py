@@ -326,6 +326,23 @@ def test_sphere_against_cube(mesh_shapes):
   assert abs(r["occupancy_iou"] - (ball & box).sum() / (ball | box).sum()) < 0.02
 
 
+def test_circumscribed_cylinder_iou_closed_forms():
+  """A cube fills (0.8³)/(π·(0.4√2)²·0.8) = 2/π of its circumscribed cylinder at any turn; the
+  cylinder itself scores 1; only cube prompts report it."""
+  for turn in (0.0, 30.0):  # At eval's lattice (R = 96) no cube face lies on a lattice plane.
+    cube = metrics.shape_from_sdf("cube", rotation_deg=turn, resolution=96)
+    assert abs(metrics.circumscribed_cylinder_iou(cube) - 2.0 / np.pi) < 0.01
+  x = metrics.lattice(1.0, 64)
+  r = np.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + 0 * x[None, None, :])
+  values = np.minimum(0.4 * np.sqrt(2.0) - r, 0.4 - np.abs(x[None, None, :]))
+  cylinder = metrics.Shape(values=values.astype(np.float32), bound=1.0,
+                           colours=np.zeros((0, 3), np.float32), weights=np.zeros((0,), np.float32))
+  assert metrics.circumscribed_cylinder_iou(cylinder) == 1.0
+  cube = metrics.shape_from_sdf("cube", colour="red", resolution=48)
+  assert metrics.evaluate(cube, "a red cube", CFG)["cylinder_iou"] < 0.7
+  assert metrics.evaluate(cube, "a red sphere", CFG)["cylinder_iou"] is None
+
+
 def test_scaled_solid_is_still_classified():
   shape = metrics.shape_from_sdf("cylinder", scale=0.85, rotation_deg=20.0,
                                  resolution=CFG.resolution)

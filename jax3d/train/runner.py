@@ -308,6 +308,8 @@ def eval_command(workdir: str, resolution: int = 96) -> dict:
     rows.append({"particle": k, **{key: row[key] for key in (
         "silhouette_iou", "occupancy_iou", "predicted_solid", "shape_correct",
         "predicted_colour", "colour_correct", "hue_deg")}})
+    if row["cylinder_iou"] is not None:
+      rows[-1]["cylinder_iou"] = row["cylinder_iou"]
   summary = {"prompt": run["prompt"], "method": run["method"], "prior": run["prior"],
              "particles": rows}
   if num_particles > 1:
