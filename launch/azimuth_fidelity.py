@@ -29,14 +29,15 @@ def turn_errors(prior_spec: str, num: int = 8) -> dict[int, np.ndarray]:
   turns, elevations = np.meshgrid(np.arange(0.0, 360.0, 3.0),
                                   np.array([-5.0, 5.0, 15.0, 25.0, 35.0, 45.0]), indexing="ij")
   turns = turns.ravel()
-  cams = cameras.from_spherical(jnp.asarray(turns), jnp.asarray(elevations.ravel()), 2.0, 40.0,
-                                res, res)
+  shared = cameras.CameraConfig()  # the training distribution's distance and field of view
+  cams = cameras.from_spherical(jnp.asarray(turns), jnp.asarray(elevations.ravel()),
+                                shared.distance, shared.fov_deg, res, res)
   refs = np.asarray(render.render_batch(
       "cube", np.tile(scenes.albedo("red"), (turns.size, 1)), cams, supersample=2)["image"])
   errors = {}
   for a in range(0, 360, 30):
-    images = np.asarray(sampling.ddim_sample(
-        prior, prior.params, jax.random.key(0), prior.embed([f"a red cube, azimuth {a} view"] * num)))
+    cond = prior.embed([f"a red cube, azimuth {a} view"] * num)
+    images = np.asarray(sampling.ddim_sample(prior, prior.params, jax.random.key(0), cond))
     best = turns[((images[:, None] - refs[None]) ** 2).mean(axis=(2, 3, 4)).argmin(1)]
     errors[a] = np.abs((best - a + 45.0) % 90.0 - 45.0)
   return errors

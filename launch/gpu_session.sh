@@ -18,7 +18,7 @@ $py -c 'import jax; print(jax.__version__, jax.devices())' | tee "$out/device.tx
 w=${WORK:-/tmp/p2}
 t0=$SECONDS
 timeout "${PRIOR_TIMEOUT:-400}" bash "$here/train_prior_gpu.sh" "$w" 10 azimuth "$steps" "$pc" \
-  2>&1 | tee "$out/prior.log" | grep -v "it/s\]$" || echo "prior stage failed"
+  2>&1 | tee "$out/prior.log" | tr '\r' '\n' | grep -v "step/s" || echo "prior stage failed"
 echo "prior stage: $((SECONDS - t0)) s" | tee -a "$out/device.txt"
 if [[ -d "$w/solids-prior" ]]; then
   tar -C "$w" -czf "$out/solids-prior.tgz" solids-prior

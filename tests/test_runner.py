@@ -197,4 +197,3 @@ def test_eval_scores_a_known_mesh(tmp_path):
   assert row["predicted_colour"] == "red" and row["colour_correct"], row
   assert abs(row["cylinder_iou"] - 2.0 / np.pi) < 0.02, row
   assert "cylinder_iou" in r.stdout
-

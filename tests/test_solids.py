@@ -336,7 +336,8 @@ def test_circumscribed_cylinder_iou_closed_forms():
   r = np.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + 0 * x[None, None, :])
   values = np.minimum(0.4 * np.sqrt(2.0) - r, 0.4 - np.abs(x[None, None, :]))
   cylinder = metrics.Shape(values=values.astype(np.float32), bound=1.0,
-                           colours=np.zeros((0, 3), np.float32), weights=np.zeros((0,), np.float32))
+                           colours=np.zeros((0, 3), np.float32),
+                           weights=np.zeros((0,), np.float32))
   assert metrics.circumscribed_cylinder_iou(cylinder) == 1.0
   cube = metrics.shape_from_sdf("cube", colour="red", resolution=48)
   assert metrics.evaluate(cube, "a red cube", CFG)["cylinder_iou"] < 0.7

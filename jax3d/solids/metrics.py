@@ -693,7 +693,7 @@ def circumscribed_cylinder_iou(shape: Shape) -> float:
 
   The failure mode of cube prompts under view labels that cannot tell a cube's turn: each view
   settles on the union of all turns, which is this cylinder (README). Compare it with the
-  occupancy IoU against the cube; a true cube scores π·0.32·0.8 / 0.8³ ≈ 0.64 of its own here.
+  occupancy IoU against the cube; a true cube scores 0.8³ / (π·0.32·0.8) = 2/π ≈ 0.64 here.
   """
   x = lattice(shape.bound, shape.resolution)
   r2 = x[:, None, None] ** 2 + x[None, :, None] ** 2
