@@ -36,7 +36,11 @@ def get_config(preset=None):
       view_dependent_prompt=True,
       # Suffix words per camera: DreamFusion's front/side/back/overhead, or "azimuth" (12
       # sectors of 30°) for a prior trained with them (see jax3d/cameras.py).
-      view_labels="dreamfusion"))
+      view_labels="dreamfusion",
+      # View guidance (jax3d/priors/base.py, Prior.eps): the scale of the view words' own
+      # direction ε(prompt + view) − ε(prompt), the prompt's keeping `scale`; 0 = off (plain
+      # CFG on the suffixed prompt). One more prior call per view.
+      view_scale=0.0))
   # Probabilities of shading modes per view: albedo, lambertian, textureless (DreamFusion
   # samples among them). Shading needs normals, i.e. second-order gradients through the
   # field (~4x the step time on CPU), so the toy preset renders albedo only: the solids'

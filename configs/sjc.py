@@ -43,7 +43,11 @@ def get_config(preset=None):
       view_dependent_prompt=True,
       # Suffix words per camera: DreamFusion's front/side/back/overhead, or "azimuth" (12
       # sectors of 30°) for a prior trained with them (see jax3d/cameras.py).
-      view_labels="dreamfusion"))
+      view_labels="dreamfusion",
+      # View guidance (jax3d/priors/base.py, Prior.eps): the scale of the view words' own
+      # direction ε(prompt + view) − ε(prompt), the prompt's keeping `scale`; 0 = off (plain
+      # CFG on the suffixed prompt). One more prior call per view.
+      view_scale=0.0))
   c.background = (1.0, 1.0, 1.0)  # RGB; for latent renders, the latent of a plain image of it
   c.regularizers = ml_collections.ConfigDict(dict(
       emptiness_weight=1e4, emptiness_scale=10.0,  # official

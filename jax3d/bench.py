@@ -391,7 +391,8 @@ def _step_prior_fn(system, v: int):
   from jax3d.guidance import sds, sjc
   from jax3d.systems import dreamfusion
   prior = system.prior
-  cond, uncond = system.cond_table[:1].repeat(v, 0), system.uncond.repeat(v, 0)
+  cond = system.conds["views"][:1].repeat(v, 0)
+  uncond = system.conds["uncond"].repeat(v, 0)
   t = jnp.full((v,), prior.num_train_timesteps // 2, jnp.int32)
   if isinstance(system, dreamfusion.DreamFusion):
     return lambda pp, x, key: sds.sds_residual(prior, pp, key, x, t, cond, uncond,

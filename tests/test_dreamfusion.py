@@ -84,3 +84,22 @@ def test_uneven_particles_are_a_user_error():
   from jax3d.errors import UserError
   with pytest.raises(UserError, match="multiple of 4"):
     sharding.particle_mesh(6, jax.devices())
+
+
+def test_view_guidance_reaches_the_step():
+  """guidance.view_scale = scale is plain CFG (same step); another scale changes it."""
+  images = np.random.default_rng(1).uniform(size=(3, 8, 8, 3)).astype(np.float32)
+  # The bare prompt denotes images 0 and 1, each view-suffixed one image 0 only.
+  prior = analytic.analytic_prior(images, lambda p: np.array([True, p == "p", False]))
+
+  def step(view_scale):
+    c = tiny_config(1)
+    c.guidance.view_scale = view_scale
+    system = dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config("p", c), prior,
+                                     mesh=sharding.particle_mesh(1, jax.devices()[:1]))
+    state, _ = system.train_step(system.init(jax.random.key(0)), jax.random.key(1))
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(state["params"])])
+
+  off = step(0.0)
+  np.testing.assert_allclose(step(100.0), off, rtol=1e-4, atol=1e-6)
+  assert np.abs(step(300.0) - off).max() > 1e-4

@@ -118,3 +118,27 @@ def test_weightings_closed_forms():
 def test_bad_timestep_configs_are_user_errors(bad):
   with pytest.raises(UserError):
     ts.TimestepConfig(**bad).validate()
+
+
+def test_view_guidance_is_nested_cfg():
+  """ε̂ = ε_∅ + s(ε_plain − ε_∅) + s_v(ε_c − ε_plain), from the mixture's exact ε's; s_v = s is
+  plain CFG on c."""
+  images = np.random.default_rng(5).uniform(size=(4, 8, 8, 3)).astype(np.float32)
+  masks = {"p": [1, 1, 1, 0], "p, front view": [1, 0, 0, 0], "p, back view": [0, 0, 1, 0]}
+  prior = analytic.analytic_prior(images, lambda p: np.array(masks[p], bool))
+  x_t = jax.random.normal(jax.random.key(6), (2, 8, 8, 3))
+  t = jnp.array([300, 700])
+  cond = prior.embed(["p, front view", "p, back view"])
+  plain, uncond = prior.embed(["p", "p"]), prior.uncond(2)
+  got = prior.eps(prior.params, x_t, t, cond, uncond, 7.5, plain, 30.0)
+
+  def exact(rows):
+    return analytic.mixture_eps(prior.params["images"], prior.alphas_cumprod, x_t, t,
+                                jnp.asarray(rows, jnp.float32))
+  e_u, e_p = exact([[1, 1, 1, 1]] * 2), exact([masks["p"]] * 2)
+  e_c = exact([masks["p, front view"], masks["p, back view"]])
+  np.testing.assert_allclose(got, e_u + 7.5 * (e_p - e_u) + 30.0 * (e_c - e_p), rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(prior.eps(prior.params, x_t, t, cond, uncond, 7.5, plain, 7.5),
+                             prior.eps(prior.params, x_t, t, cond, uncond, 7.5), rtol=1e-4,
+                             atol=1e-4)

@@ -79,7 +79,7 @@ def test_a_prior_trained_with_azimuth_labels_declares_them(trained, tmp_path):
   system_cfg.guidance.view_labels = "azimuth"
   system = dreamfusion.DreamFusion(
       dreamfusion.SystemConfig.from_config("a red cube", system_cfg), prior)
-  assert system.cond_table.shape[0] == 12
+  assert system.conds["views"].shape[0] == 12
   system_cfg.guidance.view_labels = "dreamfusion"
   with pytest.raises(UserError, match="trained with view labels azimuth"):
     dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config("a red cube", system_cfg), prior)

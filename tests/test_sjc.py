@@ -171,6 +171,7 @@ def test_sjc_particles_shard_and_match_one_device(mixture):
 
 @pytest.mark.parametrize("overrides,match", [
     ({"guidance.num_perturbations": 0}, "num_perturbations"),
+    ({"guidance.view_scale": -1.0}, "view_scale"),
     ({"guidance.trim_low": 600, "guidance.trim_high": 400}, "trim"),
     ({"field.voxel.resolution": 2000}, "GiB"),
     ({"render_space": "latent"}, "latent prior"),

@@ -21,13 +21,18 @@ from jax3d.priors.base import Prior
 
 def sds_residual(prior: Prior, prior_params: Any, key: jax.Array, x0: jax.Array,
                  t: jax.Array, cond: jax.Array, uncond: jax.Array, guidance_scale,
-                 weighting: str = "dreamfusion") -> tuple[jax.Array, dict[str, jax.Array]]:
-  """g = w(t)(ε̂_CFG(x_t) − ε) for clean x0 (B, h, w, c); no gradient flows through it."""
+                 weighting: str = "dreamfusion", plain: jax.Array | None = None,
+                 view_scale=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """g = w(t)(ε̂_CFG(x_t) − ε) for clean x0 (B, h, w, c); no gradient flows through it.
+
+  With `plain` (the prompt without view words) and `view_scale`, ε̂ is `Prior.eps`'s view
+  guidance.
+  """
   x0 = jax.lax.stop_gradient(x0)
   eps = jax.random.normal(key, x0.shape, x0.dtype)
   a = prior.alphas_cumprod[t][:, None, None, None]
   x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
-  eps_hat = prior.eps(prior_params, x_t, t, cond, uncond, guidance_scale)
+  eps_hat = prior.eps(prior_params, x_t, t, cond, uncond, guidance_scale, plain, view_scale)
   w = timesteps_lib.weight(weighting, prior.alphas_cumprod, t)[:, None, None, None]
   g = w * (eps_hat - eps)
   return jax.lax.stop_gradient(g), {"eps_hat": eps_hat, "eps": eps, "x_t": x_t}
@@ -43,8 +48,9 @@ def clip_residual(g: jax.Array, max_norm: float | None) -> jax.Array:
 
 def sds_loss(prior: Prior, prior_params: Any, key: jax.Array, images: jax.Array,
              t: jax.Array, cond: jax.Array, uncond: jax.Array, guidance_scale,
-             weighting: str = "dreamfusion",
-             max_grad_norm: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             weighting: str = "dreamfusion", max_grad_norm: float | None = None,
+             plain: jax.Array | None = None,
+             view_scale=None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The SDS surrogate loss of rendered images (B, H, W, 3) in [0, 1].
 
   Its gradient with respect to x0 = encode(images) is g / B per element (mean over the
@@ -54,7 +60,7 @@ def sds_loss(prior: Prior, prior_params: Any, key: jax.Array, images: jax.Array,
   b = images.shape[0]
   x0 = prior.encode(prior_params, images)
   g, aux = sds_residual(prior, prior_params, key, x0, t, cond, uncond, guidance_scale,
-                        weighting)
+                        weighting, plain, view_scale)
   g = clip_residual(g, max_grad_norm)
   target = jax.lax.stop_gradient(x0 - g)
   loss = 0.5 * jnp.sum((x0 - target)**2) / b

@@ -35,6 +35,8 @@ from jax3d.priors.base import Prior
 class PAASConfig:
   num_perturbations: int = 1  # K; the official SD setting is 1
   guidance_scale: float = 100.0  # the official code's CFG scale
+  # View guidance (`Prior.eps`): the scale of the view words' own direction; 0 = off.
+  view_scale: float = 0.0
   trim_low: int = 30  # drop the smallest σ's of the schedule
   trim_high: int = 10  # and the largest
   variance_reduction: bool = True  # numerator D − x (True) or D − z
@@ -42,6 +44,8 @@ class PAASConfig:
   def validate(self, num_train_timesteps: int) -> None:
     if self.num_perturbations < 1:
       raise UserError(f"num_perturbations (K) must be >= 1, got {self.num_perturbations}")
+    if self.view_scale < 0:
+      raise UserError(f"guidance.view_scale must be >= 0 (0 = off), got {self.view_scale}")
     if self.trim_low < 0 or self.trim_high < 0 or (
         self.trim_low + self.trim_high >= num_train_timesteps):
       raise UserError(f"the sigma trim ({self.trim_low} low, {self.trim_high} high) must be "
@@ -69,16 +73,18 @@ def sample_timesteps(key: jax.Array, cfg: PAASConfig, num_train_timesteps: int,
 
 
 def denoise(prior: Prior, prior_params: Any, z: jax.Array, t: jax.Array, cond: jax.Array,
-            uncond: jax.Array, guidance_scale) -> jax.Array:
+            uncond: jax.Array, guidance_scale, plain: jax.Array | None = None,
+            view_scale=None) -> jax.Array:
   """D(z, σ_t) = z − σ_t ε̂_CFG(z/√(1 + σ_t²), t) for z (B, h, w, c) in the VE scale."""
   sigma = sigmas(prior.alphas_cumprod)[t][:, None, None, None]
-  eps = prior.eps(prior_params, z / jnp.sqrt(1.0 + sigma**2), t, cond, uncond, guidance_scale)
+  eps = prior.eps(prior_params, z / jnp.sqrt(1.0 + sigma**2), t, cond, uncond, guidance_scale,
+                  plain, view_scale)
   return z - sigma * eps
 
 
 def paas(prior: Prior, prior_params: Any, key: jax.Array, x: jax.Array, t: jax.Array,
-         cond: jax.Array, uncond: jax.Array, cfg: PAASConfig
-         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+         cond: jax.Array, uncond: jax.Array, cfg: PAASConfig,
+         plain: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """g = mean_k (D(x + σ n_k, σ) − x)/σ for clean x (B, h, w, c), timesteps t (B,).
 
   The K perturbations of the whole batch are scored in one vmapped call. No gradient flows
@@ -91,20 +97,22 @@ def paas(prior: Prior, prior_params: Any, key: jax.Array, x: jax.Array, t: jax.A
   sigma = sigmas(prior.alphas_cumprod)[t][:, None, None, None]
   noise = jax.random.normal(key, (cfg.num_perturbations,) + x.shape, x.dtype)
   z = x[None] + sigma[None] * noise
+  if not cfg.view_scale:
+    plain = None
   d = jax.vmap(lambda zk: denoise(prior, prior_params, zk, t, cond, uncond,
-                                  cfg.guidance_scale))(z)
+                                  cfg.guidance_scale, plain, cfg.view_scale))(z)
   numerator = d - (x[None] if cfg.variance_reduction else z)
   g = jnp.mean(numerator, axis=0) / sigma
   return jax.lax.stop_gradient(g), {"sigma": sigma[:, 0, 0, 0], "denoised": jnp.mean(d, 0)}
 
 
 def sjc_loss(prior: Prior, prior_params: Any, key: jax.Array, x: jax.Array, t: jax.Array,
-             cond: jax.Array, uncond: jax.Array, cfg: PAASConfig
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+             cond: jax.Array, uncond: jax.Array, cfg: PAASConfig,
+             plain: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The surrogate −Σ sg(g)·x / B whose gradient w.r.t. x is −g/B: descending it moves the
   render along the PAAS score (the official code's `y.backward(-grad)`), and through the
   renderer it reaches the 3D parameters as the vector–Jacobian product with g."""
-  g, aux = paas(prior, prior_params, key, x, t, cond, uncond, cfg)
+  g, aux = paas(prior, prior_params, key, x, t, cond, uncond, cfg, plain)
   loss = -jnp.sum(g * x) / x.shape[0]
   aux = dict(aux, residual=g, residual_norm=jnp.sqrt(jnp.mean(jnp.sum(g * g, (1, 2, 3)))))
   return loss, aux

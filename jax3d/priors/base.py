@@ -109,24 +109,36 @@ class Prior:
     return self.decode_fn(params, x0)
 
   def eps(self, params: Params, x_t: jax.Array, t: jax.Array, cond: jax.Array,
-          uncond: jax.Array, guidance_scale: float | jax.Array) -> jax.Array:
+          uncond: jax.Array, guidance_scale: float | jax.Array,
+          plain: jax.Array | None = None,
+          view_scale: float | jax.Array | None = None) -> jax.Array:
     """Classifier-free-guided noise prediction ε̂ (B, h, w, c).
 
     ε̂ = ε(x_t, ∅) + s·(ε(x_t, c) − ε(x_t, ∅)), the diffusers convention (Ho & Salimans 2022
     write the same with w = s − 1): s = 1 is the conditional prediction, s = 0 the
     unconditional one. Both are one batched model call on [uncond; cond]. `cond` and `uncond`
     are (B, L, D) or (1, L, D) (broadcast over the batch); `t` is (B,) integer timesteps.
+
+    View guidance (with `plain`, the prompt without its view words, and `view_scale` s_v):
+    ε̂ = ε(∅) + s·(ε(plain) − ε(∅)) + s_v·(ε(c) − ε(plain)), nested guidance with a scale per
+    condition (InstructPix2Pix, Brooks et al. 2023, Eq. 3) that scales the view words' own
+    direction by s_v; one batched call on [uncond; plain; cond]. s_v = s is plain CFG on c.
     """
     b = x_t.shape[0]
     chex.assert_shape(x_t, (b,) + tuple(self.latent_shape))
     t = jnp.broadcast_to(jnp.asarray(t), (b,))
-    cond = jnp.broadcast_to(cond, (b,) + cond.shape[1:])
-    uncond = jnp.broadcast_to(uncond, (b,) + uncond.shape[1:])
-    out = self.model_fn(params, jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
-                        jnp.concatenate([uncond, cond]))
+    rows = [uncond, cond] if plain is None else [uncond, plain, cond]
+    rows = [jnp.broadcast_to(r, (b,) + r.shape[1:]) for r in rows]
+    n = len(rows)
+    out = self.model_fn(params, jnp.concatenate([x_t] * n), jnp.concatenate([t] * n),
+                        jnp.concatenate(rows))
     out = out.astype(x_t.dtype)
-    e_uncond, e_cond = out[:b], out[b:]
-    return e_uncond + guidance_scale * (e_cond - e_uncond)
+    e_uncond, e_cond = out[:b], out[(n - 1) * b:]
+    if plain is None:
+      return e_uncond + guidance_scale * (e_cond - e_uncond)
+    e_plain = out[b:2 * b]
+    return (e_uncond + guidance_scale * (e_plain - e_uncond)
+            + view_scale * (e_cond - e_plain))
 
 
 def pixel_encode(images: jax.Array, resolution: int) -> jax.Array:

@@ -56,6 +56,7 @@ class SystemConfig:
   timesteps: timesteps_lib.TimestepConfig
   guidance_scale: float
   max_grad_norm: float
+  view_guidance_scale: float  # 0 = off; see Prior.eps
   view_dependent_prompt: bool
   view_scheme: str  # cameras.VIEW_SCHEMES: which view labels suffix the prompt
   shading: ShadingConfig
@@ -78,6 +79,8 @@ class SystemConfig:
     if normals not in SHADING_NORMALS:
       raise UserError(f"unknown shading.normals {normals!r}; choose one of "
                       f"{', '.join(SHADING_NORMALS)}")
+    if float(c.guidance.view_scale) < 0:
+      raise UserError(f"guidance.view_scale must be >= 0 (0 = off), got {c.guidance.view_scale}")
     if c.views_per_step < 1:
       raise UserError(f"views_per_step must be >= 1, got {c.views_per_step}")
     if c.num_steps < 1:
@@ -89,6 +92,7 @@ class SystemConfig:
         render=volume.RenderConfig(**dict(c.render)),
         timesteps=timesteps_lib.TimestepConfig.from_config(c.guidance.timesteps),
         guidance_scale=float(c.guidance.scale), max_grad_norm=float(c.guidance.max_grad_norm),
+        view_guidance_scale=float(c.guidance.view_scale),
         view_dependent_prompt=bool(c.guidance.view_dependent_prompt),
         view_scheme=particles.view_scheme(c),
         shading=ShadingConfig(probs=probs, ambient=float(c.shading.ambient),
@@ -185,7 +189,7 @@ class DreamFusion(particles.ParticleSystem):
   def ambient(self) -> float:
     return self.cfg.shading.ambient
 
-  def particle_loss(self, params, key, step, prior_params, cond_table, uncond):
+  def particle_loss(self, params, key, step, prior_params, conds):
     cfg = self.cfg
     k_cam, k_render, k_t, k_noise, k_shade, k_light = jax.random.split(key, 6)
     v = cfg.views_per_step
@@ -199,11 +203,11 @@ class DreamFusion(particles.ParticleSystem):
     blob = blob_scale(cfg, step)
     out = render_views(cfg, params, cams, k_render, mode, light, blob)
     t = timesteps_lib.sample(k_t, cfg.timesteps, self.prior.num_train_timesteps, (v,), step)
-    cond = cond_table[view]
+    cond, uncond, plain = self.guidance_embeddings(
+        conds, view, cfg.view_dependent_prompt and cfg.view_guidance_scale > 0)
     loss_sds, aux = sds.sds_loss(self.prior, prior_params, k_noise, out["rgb"], t, cond,
-                                 jnp.broadcast_to(uncond, (v,) + uncond.shape[1:]),
-                                 cfg.guidance_scale, cfg.timesteps.weighting,
-                                 cfg.max_grad_norm or None)
+                                 uncond, cfg.guidance_scale, cfg.timesteps.weighting,
+                                 cfg.max_grad_norm or None, plain, cfg.view_guidance_scale)
     loss_orient = jnp.mean(out["orientation"])
     loss_opacity = nerf.opacity_loss(out["opacity"], cfg.opacity_kind)
     loss = (loss_sds + cfg.orientation_weight * loss_orient +

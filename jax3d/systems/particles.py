@@ -120,16 +120,26 @@ class ParticleSystem:
           f"{', '.join(prior.view_schemes)}, not {cfg.view_scheme}; set "
           f"--config.guidance.view_labels={prior.view_schemes[0]} or use a prior that knows "
           f"{cfg.view_scheme} (the analytic prior knows every scheme)")
-    # Embeddings per view label and the unconditional one, computed once (cached by the prior).
-    self.cond_table = prior.embed(view_prompts(cfg.prompt, cfg.view_dependent_prompt,
-                                               cfg.view_scheme))
-    self.uncond = prior.uncond(1)
+    # Embeddings per view label, of the bare prompt (view guidance) and the unconditional one,
+    # computed once (cached by the prior).
+    self.conds = {"views": prior.embed(view_prompts(cfg.prompt, cfg.view_dependent_prompt,
+                                                    cfg.view_scheme)),
+                  "plain": prior.embed([cfg.prompt]), "uncond": prior.uncond(1)}
     self._step = self._build_step()
 
   # ---- what a subclass provides ----
-  def particle_loss(self, params, key, step, prior_params, cond_table, uncond):
+  def particle_loss(self, params, key, step, prior_params, conds):
     """(loss, metrics) of one particle at one step."""
     raise NotImplementedError
+
+  @staticmethod
+  def guidance_embeddings(conds, view: jax.Array, view_guidance: bool):
+    """(cond, uncond, plain) for views with label indices `view` (V,): plain is None unless
+    `view_guidance` (the bare prompt's embedding for `Prior.eps`'s view guidance)."""
+    v = view.shape[0]
+    uncond = jnp.broadcast_to(conds["uncond"], (v,) + conds["uncond"].shape[1:])
+    plain = jnp.broadcast_to(conds["plain"], uncond.shape) if view_guidance else None
+    return conds["views"][view], uncond, plain
 
   def blob(self, step) -> jax.Array:
     """The density-blob scale at `step` (NeRF fields); 1 where there is none."""
@@ -167,34 +177,34 @@ class ParticleSystem:
     return state
 
   # ---- the step ----
-  def particle_step(self, particle: State, key, step, prior_params, cond_table, uncond):
+  def particle_step(self, particle: State, key, step, prior_params, conds):
     key = jax.random.fold_in(key, particle["particle_id"])
     grads, metrics = jax.grad(self.particle_loss, has_aux=True)(
-        particle["params"], key, step, prior_params, cond_table, uncond)
+        particle["params"], key, step, prior_params, conds)
     updates, opt_state = self.tx.update(grads, particle["opt_state"], particle["params"])
     params = optax.apply_updates(particle["params"], updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     return dict(particle, params=params, opt_state=opt_state), metrics
 
   def _build_step(self):
-    def step_fn(state, key, prior_params, cond_table, uncond):
+    def step_fn(state, key, prior_params, conds):
       particles = {k: v for k, v in state.items() if k != "step"}
       if self.cfg.num_particles == 1:
         # One particle needs no batching: vmap over a size-1 axis turns the hash grid's
         # gathers and scatter-adds into batched ones, ~1.6x the step time on CPU.
         new, metrics = self.particle_step(jax.tree.map(lambda x: x[0], particles), key,
-                                          state["step"], prior_params, cond_table, uncond)
+                                          state["step"], prior_params, conds)
         new = jax.tree.map(lambda x: x[None], new)
       else:
-        new, metrics = jax.vmap(self.particle_step, in_axes=(0, None, None, None, None, None))(
-            particles, key, state["step"], prior_params, cond_table, uncond)
+        new, metrics = jax.vmap(self.particle_step, in_axes=(0, None, None, None, None))(
+            particles, key, state["step"], prior_params, conds)
       new["step"] = state["step"] + 1
       return new, {k: jnp.mean(v) for k, v in metrics.items()}  # the population mean
     return jax.jit(step_fn, donate_argnums=(0,))
 
   def train_step(self, state: State, key: jax.Array) -> tuple[State, dict[str, jax.Array]]:
     """One step for every particle; pure in (state, key) given the frozen prior."""
-    return self._step(state, key, self.prior.params, self.cond_table, self.uncond)
+    return self._step(state, key, self.prior.params, self.conds)
 
   # ---- one trained particle (previews, export) ----
   def particle_params(self, state: State, k: int):

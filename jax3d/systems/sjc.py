@@ -85,7 +85,8 @@ class SystemConfig:
                       f"camera.width to it (got {camera.height}x{camera.width})")
     paas = sjc_lib.PAASConfig(
         num_perturbations=int(c.guidance.num_perturbations),
-        guidance_scale=float(c.guidance.scale), trim_low=int(c.guidance.trim_low),
+        guidance_scale=float(c.guidance.scale), view_scale=float(c.guidance.view_scale),
+        trim_low=int(c.guidance.trim_low),
         trim_high=int(c.guidance.trim_high),
         variance_reduction=bool(c.guidance.variance_reduction))
     paas.validate(prior.num_train_timesteps)
@@ -171,7 +172,7 @@ class SJC(particles.ParticleSystem):
 
     return jax.vmap(one)(origins, dirs, jax.random.split(key, origins.shape[0]))
 
-  def particle_loss(self, params, key, step, prior_params, cond_table, uncond):
+  def particle_loss(self, params, key, step, prior_params, conds):
     cfg = self.cfg
     k_cam, k_render, k_t, k_noise = jax.random.split(key, 4)
     v = cfg.views_per_step
@@ -182,10 +183,11 @@ class SJC(particles.ParticleSystem):
     if cfg.render_space == "image":
       x = self.prior.encode(prior_params, x)
     t = sjc_lib.sample_timesteps(k_t, cfg.paas, self.prior.num_train_timesteps, (v,))
-    cond = cond_table[cameras.view_index(az, el, cfg.view_scheme)]
-    loss_sjc, aux = sjc_lib.sjc_loss(self.prior, prior_params, k_noise, x, t, cond,
-                                     jnp.broadcast_to(uncond, (v,) + uncond.shape[1:]),
-                                     cfg.paas)
+    cond, uncond, plain = self.guidance_embeddings(
+        conds, cameras.view_index(az, el, cfg.view_scheme),
+        cfg.view_dependent_prompt and cfg.paas.view_scale > 0)
+    loss_sjc, aux = sjc_lib.sjc_loss(self.prior, prior_params, k_noise, x, t, cond, uncond,
+                                     cfg.paas, plain)
     loss_empty = emptiness_loss(out["weights"], cfg.emptiness_scale)
     loss = loss_sjc + emptiness_weight(cfg, step) * loss_empty
     loss_depth = jnp.zeros(())
