@@ -198,6 +198,7 @@ def bench_prior(args) -> list[Row]:
   from jax3d.priors import registry, sampling  # pylint: disable=g-import-not-at-top
   from jax3d.solids import metrics, scenes  # pylint: disable=g-import-not-at-top
 
+  args.prior = args.prior or registry.SOLIDS
   prior = registry.load_prior(args.prior)
   n = 2 if args.quick else args.samples_per_prompt
   steps = 5 if args.quick else args.steps
@@ -268,9 +269,13 @@ def bench_solids(args) -> list[Row]:
   cfg.seed = args.seed
   if args.quick:
     cfg.num_steps = 4
+  args.prior = runner.resolve_prior(args.prior, cfg)  # recorded in the settings
+  workdirs = [os.path.join(args.workdir_root, args.method, p.replace(" ", "-")) for p in prompts]
+  for prompt, workdir in zip(prompts, workdirs):  # Refuse a clash before the first hour runs.
+    runner.check_workdir(workdir, runner.run_identity(prompt, args.method, args.prior, cfg),
+                         overwrite=False)
   rows = []
-  for prompt in prompts:
-    workdir = os.path.join(args.workdir_root, args.method, prompt.replace(" ", "-"))
+  for prompt, workdir in zip(prompts, workdirs):
     t0 = time.perf_counter()
     summary = runner.generate(prompt, workdir, args.method, args.prior, cfg,
                               enable_bar=False)
@@ -336,10 +341,11 @@ def bench_step(args) -> list[Row]:
   from jax3d.train import runner
 
   runner.check_method(args.method)
-  prior = registry.load_prior(args.prior)
   prompt = "a red cube"
   cfg = configuration.load(args.config or runner.DEFAULT_CONFIGS[args.method])
   cfg = configuration.apply_overrides(cfg, getattr(args, "overrides", []))
+  args.prior = runner.resolve_prior(args.prior, cfg)
+  prior = registry.load_prior(args.prior)
   cfg.num_particles = 1
   repeats = _repeats(args)
   ks = (1, 2) if args.quick else (1, 2, 4, 8)
@@ -394,10 +400,14 @@ def _step_prior_fn(system, v: int):
   cond = system.conds["views"][:1].repeat(v, 0)
   uncond = system.conds["uncond"].repeat(v, 0)
   t = jnp.full((v,), prior.num_train_timesteps // 2, jnp.int32)
+  plain = system.conds["plain"].repeat(v, 0)  # view guidance's third branch, where it is on
   if isinstance(system, dreamfusion.DreamFusion):
-    return lambda pp, x, key: sds.sds_residual(prior, pp, key, x, t, cond, uncond,
-                                               system.cfg.guidance_scale)[0]
-  return lambda pp, x, key: sjc.paas(prior, pp, key, x, t, cond, uncond, system.cfg.paas)[0]
+    view_scale = system.cfg.view_guidance_scale
+    return lambda pp, x, key: sds.sds_residual(
+        prior, pp, key, x, t, cond, uncond, system.cfg.guidance_scale,
+        plain=plain if view_scale > 0 else None, view_scale=view_scale)[0]
+  return lambda pp, x, key: sjc.paas(prior, pp, key, x, t, cond, uncond, system.cfg.paas,
+                                     plain)[0]
 
 
 def step_settings(args) -> dict[str, Any]:

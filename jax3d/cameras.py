@@ -183,7 +183,8 @@ AZIMUTH_LABELS = tuple(f"azimuth {30 * k}" for k in range(12))
 
 def check_view_scheme(scheme: str) -> None:
   if scheme not in VIEW_SCHEMES:
-    raise UserError(f"unknown view labels {scheme!r}; choose one of {', '.join(VIEW_SCHEMES)}")
+    raise UserError(f"unknown view labels {scheme!r}; choose one of {', '.join(VIEW_SCHEMES)} "
+                    f"or auto (the prior's own)")
 
 
 def view_labels(scheme: str = "dreamfusion") -> tuple[str, ...]:

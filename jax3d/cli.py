@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quick", action="store_true", help="tiny sizes (for smoke tests)")
   p.add_argument("--grid", choices=["toy", "sd"], default="toy",
                  help="hash-grid scale for `bench render`")
-  p.add_argument("--prior", default="solids",
-                 help="`bench prior`: the prior to score; `solids`/`step`: the prior to use")
+  p.add_argument("--prior", default=None,
+                 help="`bench prior`: the prior to score (default solids); `solids`/`step`: "
+                      "the prior to use (default: the config's `prior`)")
   p.add_argument("--samples-per-prompt", type=int, default=8, help="`bench prior`: samples")
   p.add_argument("--steps", type=int, default=50, help="`bench prior`: DDIM steps")
   p.add_argument("--guidance-scale", type=float, default=None,
@@ -167,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("prompt", help="text prompt, e.g. 'a red cube'")
   p.add_argument("--workdir", required=True, help="run folder; rerun to resume")
   p.add_argument("--method", default="sds", help="distillation method: sds or sjc")
-  p.add_argument("--prior", default="solids",
-                 help="'solids' (shipped), 'analytic' (exact, solids prompts) or a diffusers "
-                      "folder")
+  p.add_argument("--prior", default=None,
+                 help="'solids' or 'solids-azimuth' (shipped), 'analytic' (exact, solids "
+                      "prompts) or a diffusers folder (default: the config's `prior`)")
   p.add_argument("--particles", type=int, default=None, help="number of particles P")
   p.add_argument("--config", default=None,
                  help="config PATH.py[:PRESET] or shipped name (default: the method's toy "

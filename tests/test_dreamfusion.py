@@ -103,3 +103,27 @@ def test_view_guidance_reaches_the_step():
   off = step(0.0)
   np.testing.assert_allclose(step(100.0), off, rtol=1e-4, atol=1e-6)
   assert np.abs(step(300.0) - off).max() > 1e-4
+
+
+def test_auto_view_labels_are_the_priors_and_the_config_names_the_prior():
+  from jax3d.errors import UserError  # pylint: disable=g-import-not-at-top
+  from jax3d.train import runner  # pylint: disable=g-import-not-at-top
+  images = np.zeros((2, 8, 8, 3), np.float32)
+  azimuth_prior = analytic.analytic_prior(images, lambda p: np.ones(2, bool),
+                                          view_schemes=("azimuth",))
+  c = tiny_config(1)
+  assert c.guidance.view_labels == "auto"
+  system = runner.make_system("sds", "p", c, azimuth_prior)
+  assert system.cfg.view_scheme == "azimuth" and system.conds["views"].shape[0] == 12
+  assert c.guidance.view_labels == "auto"  # the caller's config is left as it was
+  assert runner.make_system("sds", "p", c, prior_of_images(images)).cfg.view_scheme == (
+      "dreamfusion")
+  assert runner.resolve_prior(None, c) == "solids-azimuth"  # the toy presets' default
+  assert runner.resolve_prior("analytic", c) == "analytic"
+  assert runner.resolve_prior(None, configuration.load("sjc:toy")) == "solids-azimuth"
+  with pytest.raises(UserError, match="names no prior"):
+    runner.resolve_prior(None, configuration.load("sjc:sd"))
+
+
+def prior_of_images(images):
+  return analytic.analytic_prior(images, lambda p: np.ones(images.shape[0], bool))

@@ -155,9 +155,12 @@ def test_truncated_weights_are_a_one_line_error(trained, tmp_path):
 
 @pytest.mark.skipif(not registry.shipped_solids_path().is_dir(),
                     reason="the shipped solids prior is not in this checkout")
-def test_shipped_prior_gives_finite_eps():
-  prior = registry.load_prior("solids")
+@pytest.mark.parametrize("name,scheme", [("solids", "dreamfusion"),
+                                         ("solids-azimuth", "azimuth")])
+def test_shipped_priors_give_finite_eps(name, scheme):
+  prior = registry.load_prior(name)
   assert prior.latent_shape == (32, 32, 3) and prior.resolution == 32
+  assert prior.view_schemes == (scheme,)
   cond = prior.embed(["a blue cone"])
   x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
   eps = prior.eps(prior.params, x, jnp.array([500]), cond, prior.uncond(1),

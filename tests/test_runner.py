@@ -142,8 +142,14 @@ def _assert_user_error(r, workdir, needle):
       "--config.field.voxel.resolution=1500"], "GiB"),
     (["a red cube", "--prior", "analytic", "--config.guidance.view_labels=octant"],
      "unknown view labels"),
-    # The shipped prior was trained with DreamFusion's view words only.
-    (["a red cube", "--config.guidance.view_labels=azimuth"], "trained with view labels"),
+    # The shipped solids prior knows DreamFusion's view words only, solids-azimuth (the toy
+    # presets' default) the azimuth words only.
+    (["a red cube", "--prior", "solids", "--config.guidance.view_labels=azimuth"],
+     "trained with view labels dreamfusion"),
+    (["a red cube", "--method", "sjc", "--config.guidance.view_labels=dreamfusion"],
+     "trained with view labels azimuth"),
+    (["a red cube", "--config", "dreamfusion:sd"], "names no prior"),
+    (["a red cube", "--prior", "analytic", "--config.guidance.view_scale=-1"], "view_scale"),
 ])
 def test_generate_bad_inputs(args, needle, tmp_path):
   workdir = str(tmp_path / "w")
@@ -197,3 +203,16 @@ def test_eval_scores_a_known_mesh(tmp_path):
   assert row["predicted_colour"] == "red" and row["colour_correct"], row
   assert abs(row["cylinder_iou"] - 2.0 / np.pi) < 0.02, row
   assert "cylinder_iou" in r.stdout
+
+
+def test_bench_solids_refuses_a_clashing_workdir_before_running(tmp_path):
+  root = tmp_path / "root"
+  other = root / "sjc" / "a-blue-cone"
+  other.mkdir(parents=True)
+  (other / "config.json").write_text(json.dumps({"run": {"prompt": "a blue cone"}}))
+  r = _run("bench", "solids", "--method", "sjc", "--prior", "analytic", "--quick",
+           "--prompts", "a red cube;a blue cone", "--workdir-root", str(root),
+           "--out", str(tmp_path / "out.json"), cwd=tmp_path)
+  _assert_user_error(r, None, "a-blue-cone")
+  assert sorted(os.listdir(root / "sjc")) == ["a-blue-cone"]  # "a red cube" never started
+  assert not (tmp_path / "out.json").exists()

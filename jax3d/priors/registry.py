@@ -1,7 +1,9 @@
 """Prior names and paths -> `Prior` objects (the `--prior` option of every command).
 
     'solids'   the shipped solids prior (jax3d/assets/solids-prior/, a pixel-space diffusers
-               folder trained by `jax3d train-prior`)
+               folder trained by `jax3d train-prior`), captions with DreamFusion's view words
+    'solids-azimuth'  the same network fine-tuned on 30° azimuth view words
+               (jax3d/assets/solids-azimuth-prior/): pins a cube's turn per view
     'analytic' the exact prior over solids renders (`analytic.solids_analytic_prior`)
     PATH       a local diffusers-layout folder (Stable Diffusion or any compatible pipeline)
 """
@@ -15,19 +17,26 @@ import pathlib
 from jax3d.errors import UserError
 
 SOLIDS = "solids"
+SOLIDS_AZIMUTH = "solids-azimuth"
 ANALYTIC = "analytic"
-SHIPPED_SOLIDS_FOLDER = "solids-prior"
+SHIPPED = {SOLIDS: "solids-prior", SOLIDS_AZIMUTH: "solids-azimuth-prior"}  # name -> folder
+SHIPPED_SOLIDS_FOLDER = SHIPPED[SOLIDS]
 ANALYTIC_SEED = 0
 DTYPES = ("float32", "bfloat16")
 
 
-def shipped_solids_path() -> pathlib.Path:
-  """Where the shipped solids prior lives inside the installed package."""
-  return pathlib.Path(str(importlib.resources.files("jax3d.assets"))) / SHIPPED_SOLIDS_FOLDER
+def shipped_solids_path(name: str = SOLIDS) -> pathlib.Path:
+  """Where the shipped prior `name` (a key of SHIPPED) lives inside the installed package."""
+  return pathlib.Path(str(importlib.resources.files("jax3d.assets"))) / SHIPPED[name]
+
+
+def is_solids_prior(spec: str) -> bool:
+  """Whether `spec` names a prior of the solids world (it knows only solids prompts)."""
+  return spec == ANALYTIC or spec in SHIPPED
 
 
 def load_prior(spec: str, dtype: str = "float32", allow_pickle: bool = False):
-  """'solids' | 'analytic' | a diffusers folder path -> Prior.
+  """'solids' | 'solids-azimuth' | 'analytic' | a diffusers folder path -> Prior.
 
   `dtype` ('float32' | 'bfloat16') applies to network priors; the analytic prior is always
   float32 (it has no network, and its mixture weights need the precision).
@@ -40,18 +49,18 @@ def load_prior(spec: str, dtype: str = "float32", allow_pickle: bool = False):
     from jax3d.priors import analytic  # pylint: disable=g-import-not-at-top
     return analytic.solids_analytic_prior(jax.random.key(ANALYTIC_SEED))
   name = None
-  if spec == SOLIDS:
-    path, name = shipped_solids_path(), SOLIDS
+  if spec in SHIPPED:
+    path, name = shipped_solids_path(spec), spec
     if not (path / "model_index.json").is_file():
-      raise UserError("the shipped solids prior is not installed yet; use --prior analytic or "
-                      "a diffusers folder")
+      raise UserError(f"the shipped {spec} prior is not installed; use --prior analytic or "
+                      f"a diffusers folder")
   else:
     path = pathlib.Path(os.path.expanduser(spec))
     if not path.exists():
-      raise UserError(f"unknown prior {spec!r}: not 'solids', not 'analytic', and no such "
-                      f"folder")
+      raise UserError(f"unknown prior {spec!r}: not one of {', '.join([*SHIPPED, ANALYTIC])}, "
+                      f"and no such folder")
   from jax3d.priors import diffusers as diffusers_prior  # pylint: disable=g-import-not-at-top
   return diffusers_prior.load_diffusers_prior(path, dtype, allow_pickle, name=name)
 
 
-__all__ = ["load_prior", "shipped_solids_path"]
+__all__ = ["load_prior", "shipped_solids_path", "is_solids_prior"]

@@ -92,10 +92,15 @@ def deferred_shading(out: dict[str, jax.Array], origins: jax.Array, dirs: jax.Ar
   return color + (1.0 - out["opacity"])[..., None] * background, normal
 
 
+AUTO_VIEW_LABELS = "auto"  # guidance.view_labels: the prior's first view scheme
+
+
 def view_scheme(c: ml_collections.ConfigDict) -> str:
-  """The config's view-label scheme (`guidance.view_labels`), checked."""
+  """The config's view-label scheme (`guidance.view_labels`), checked; 'auto' is resolved to
+  the prior's own scheme by `ParticleSystem`."""
   scheme = str(c.guidance.get("view_labels", "dreamfusion"))
-  cameras.check_view_scheme(scheme)
+  if scheme != AUTO_VIEW_LABELS:
+    cameras.check_view_scheme(scheme)
   return scheme
 
 
@@ -108,6 +113,8 @@ class ParticleSystem:
   """
 
   def __init__(self, cfg, prior: Prior, field: radiance.Field, mesh=None):
+    if cfg.view_scheme == AUTO_VIEW_LABELS:
+      cfg = dataclasses.replace(cfg, view_scheme=prior.view_schemes[0])
     self.cfg = cfg
     self.prior = prior
     self.field = field

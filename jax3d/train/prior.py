@@ -157,7 +157,7 @@ def params_from_folder(init: dict[str, Any], spec: str) -> dict[str, Any]:
   from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
   from jax3d.priors import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   prior = registry.load_prior(spec)
-  path = (registry.shipped_solids_path() if spec == registry.SOLIDS
+  path = (registry.shipped_solids_path(spec) if spec in registry.SHIPPED
           else os.path.expanduser(spec))
   with open(os.path.join(path, "tokenizer", "vocab.json")) as f:
     old_vocab = json.load(f)

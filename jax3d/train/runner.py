@@ -85,6 +85,15 @@ def check_method(method: str) -> None:
     raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
+def resolve_prior(spec: str | None, cfg: ml_collections.ConfigDict) -> str:
+  """The prior to use: `spec` (--prior) if given, else the config's `prior`."""
+  spec = spec or cfg.get("prior") or ""
+  if not spec:
+    raise UserError("this config names no prior; pass --prior PATH (a Stable Diffusion "
+                    "folder for the sd presets) or --prior solids")
+  return spec
+
+
 def make_system(method: str, prompt: str, cfg: ml_collections.ConfigDict, prior):
   if method == "sds":
     from jax3d.systems import dreamfusion  # pylint: disable=g-import-not-at-top
@@ -98,7 +107,8 @@ def make_system(method: str, prompt: str, cfg: ml_collections.ConfigDict, prior)
 def check_prompt_for_prior(prompt: str, prior_spec: str) -> None:
   if not isinstance(prompt, str) or not prompt.strip():
     raise UserError("the prompt is empty; give a text prompt such as 'a red cube'")
-  if prior_spec in ("solids", "analytic"):
+  from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
+  if registry.is_solids_prior(prior_spec):
     from jax3d.solids import scenes  # pylint: disable=g-import-not-at-top
     scenes.parse_prompt(prompt)  # Raises a UserError naming the prompts it knows.
 
@@ -184,11 +194,14 @@ def final_folder(workdir: str, k: int, num_particles: int) -> str:
   return base if num_particles == 1 else os.path.join(base, f"particle_{k}")
 
 
-def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str = "solids",
+def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str | None = None,
              cfg: ml_collections.ConfigDict | None = None, overwrite: bool = False,
              dtype: str = "float32", allow_pickle: bool = False,
              stop_after: int | None = None, enable_bar: bool | None = None) -> dict[str, Any]:
-  """Validates everything, then trains `method` on `prompt` in `workdir` and exports."""
+  """Validates everything, then trains `method` on `prompt` in `workdir` and exports.
+
+  `prior_spec` None: the config's `prior`.
+  """
   from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
   from jax3d.train import loop  # pylint: disable=g-import-not-at-top
   from jax3d.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
@@ -197,6 +210,7 @@ def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str = "
 
   check_method(method)
   cfg = cfg if cfg is not None else configuration.load(DEFAULT_CONFIGS[method])
+  prior_spec = resolve_prior(prior_spec, cfg)
   check_prompt_for_prior(prompt, prior_spec)
   identity = run_identity(prompt, method, prior_spec, cfg)
   resume = check_workdir(workdir, identity, overwrite)
