@@ -302,6 +302,7 @@ def bench_solids(args) -> list[Row]:
 
 def solids_settings(args) -> dict[str, Any]:
   return {"method": args.method, "prior": args.prior, "config": args.config,
+          "overrides": list(getattr(args, "overrides", [])),
           "seed": args.seed, "prompts": args.prompts,
           "grid_label": "bars: shape_correct >= 0.9, colour_correct >= 0.9, mean silhouette "
                         "IoU >= 0.85 (shipped prior); IoU >= 0.92 (analytic prior)"}
@@ -412,6 +413,7 @@ def _step_prior_fn(system, v: int):
 
 def step_settings(args) -> dict[str, Any]:
   return {"method": args.method, "prior": args.prior, "config": args.config,
+          "overrides": list(getattr(args, "overrides", [])),
           "grid_label": "one particle, 'a red cube'; seconds are medians, compile excluded "
                         "(first_step_s includes it); rest = step - render fwd+bwd - prior"}
 

@@ -115,9 +115,10 @@ def test_sample_command_writes_a_grid(pixel_folder, tmp_path, capsys):
 def test_load_prior_names(pixel_folder, monkeypatch, tmp_path):
   prior = registry.load_prior(str(pixel_folder))
   assert prior.name == "pixel" and not prior.latent
-  monkeypatch.setattr(registry, "shipped_solids_path", lambda: tmp_path / "solids-prior")
-  with pytest.raises(UserError, match="not installed yet; use --prior analytic"):
-    registry.load_prior("solids")
+  monkeypatch.setattr(registry, "shipped_solids_path", lambda name: tmp_path / name)
+  for name in ("solids", "solids-azimuth"):
+    with pytest.raises(UserError, match=f"shipped {name} prior is not installed; use --prior"):
+      registry.load_prior(name)
   with pytest.raises(UserError, match="dtype"):
     registry.load_prior("analytic", dtype="float64")
 
