@@ -398,15 +398,12 @@ def _step_prior_fn(system, v: int):
   from jax3d.guidance import sds, sjc
   from jax3d.systems import dreamfusion
   prior = system.prior
-  cond = system.conds["views"][:1].repeat(v, 0)
-  uncond = system.conds["uncond"].repeat(v, 0)
+  cond, uncond, plain = system.guidance_embeddings(system.conds, jnp.zeros((v,), jnp.int32))
   t = jnp.full((v,), prior.num_train_timesteps // 2, jnp.int32)
-  plain = system.conds["plain"].repeat(v, 0)  # view guidance's third branch, where it is on
   if isinstance(system, dreamfusion.DreamFusion):
-    view_scale = system.cfg.view_guidance_scale
     return lambda pp, x, key: sds.sds_residual(
-        prior, pp, key, x, t, cond, uncond, system.cfg.guidance_scale,
-        plain=plain if view_scale > 0 else None, view_scale=view_scale)[0]
+        prior, pp, key, x, t, cond, uncond, system.cfg.guidance_scale, plain=plain,
+        view_scale=system.cfg.view_guidance_scale)[0]
   return lambda pp, x, key: sjc.paas(prior, pp, key, x, t, cond, uncond, system.cfg.paas,
                                      plain)[0]
 

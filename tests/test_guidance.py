@@ -142,3 +142,6 @@ def test_view_guidance_is_nested_cfg():
   np.testing.assert_allclose(prior.eps(prior.params, x_t, t, cond, uncond, 7.5, plain, 7.5),
                              prior.eps(prior.params, x_t, t, cond, uncond, 7.5), rtol=1e-4,
                              atol=1e-4)
+  # View scale 0 is off: CFG on the view-worded prompt, `plain` ignored.
+  np.testing.assert_array_equal(prior.eps(prior.params, x_t, t, cond, uncond, 7.5, plain, 0.0),
+                                prior.eps(prior.params, x_t, t, cond, uncond, 7.5))

@@ -97,8 +97,6 @@ def paas(prior: Prior, prior_params: Any, key: jax.Array, x: jax.Array, t: jax.A
   sigma = sigmas(prior.alphas_cumprod)[t][:, None, None, None]
   noise = jax.random.normal(key, (cfg.num_perturbations,) + x.shape, x.dtype)
   z = x[None] + sigma[None] * noise
-  if not cfg.view_scale:
-    plain = None
   d = jax.vmap(lambda zk: denoise(prior, prior_params, zk, t, cond, uncond,
                                   cfg.guidance_scale, plain, cfg.view_scale))(z)
   numerator = d - (x[None] if cfg.variance_reduction else z)

@@ -111,7 +111,7 @@ class Prior:
   def eps(self, params: Params, x_t: jax.Array, t: jax.Array, cond: jax.Array,
           uncond: jax.Array, guidance_scale: float | jax.Array,
           plain: jax.Array | None = None,
-          view_scale: float | jax.Array | None = None) -> jax.Array:
+          view_scale: float | None = None) -> jax.Array:
     """Classifier-free-guided noise prediction ε̂ (B, h, w, c).
 
     ε̂ = ε(x_t, ∅) + s·(ε(x_t, c) − ε(x_t, ∅)), the diffusers convention (Ho & Salimans 2022
@@ -123,10 +123,13 @@ class Prior:
     ε̂ = ε(∅) + s·(ε(plain) − ε(∅)) + s_v·(ε(c) − ε(plain)), nested guidance with a scale per
     condition (InstructPix2Pix, Brooks et al. 2023, Eq. 3) that scales the view words' own
     direction by s_v; one batched call on [uncond; plain; cond]. s_v = s is plain CFG on c.
+    s_v 0 or None (a Python number, not traced) turns it off: `plain` is then ignored.
     """
     b = x_t.shape[0]
     chex.assert_shape(x_t, (b,) + tuple(self.latent_shape))
     t = jnp.broadcast_to(jnp.asarray(t), (b,))
+    if not view_scale:
+      plain = None
     rows = [uncond, cond] if plain is None else [uncond, plain, cond]
     rows = [jnp.broadcast_to(r, (b,) + r.shape[1:]) for r in rows]
     n = len(rows)

@@ -20,7 +20,6 @@ SOLIDS = "solids"
 SOLIDS_AZIMUTH = "solids-azimuth"
 ANALYTIC = "analytic"
 SHIPPED = {SOLIDS: "solids-prior", SOLIDS_AZIMUTH: "solids-azimuth-prior"}  # name -> folder
-SHIPPED_SOLIDS_FOLDER = SHIPPED[SOLIDS]
 ANALYTIC_SEED = 0
 DTYPES = ("float32", "bfloat16")
 

@@ -203,8 +203,7 @@ class DreamFusion(particles.ParticleSystem):
     blob = blob_scale(cfg, step)
     out = render_views(cfg, params, cams, k_render, mode, light, blob)
     t = timesteps_lib.sample(k_t, cfg.timesteps, self.prior.num_train_timesteps, (v,), step)
-    cond, uncond, plain = self.guidance_embeddings(
-        conds, view, cfg.view_dependent_prompt and cfg.view_guidance_scale > 0)
+    cond, uncond, plain = self.guidance_embeddings(conds, view)
     loss_sds, aux = sds.sds_loss(self.prior, prior_params, k_noise, out["rgb"], t, cond,
                                  uncond, cfg.guidance_scale, cfg.timesteps.weighting,
                                  cfg.max_grad_norm or None, plain, cfg.view_guidance_scale)

@@ -139,13 +139,14 @@ class ParticleSystem:
     """(loss, metrics) of one particle at one step."""
     raise NotImplementedError
 
-  @staticmethod
-  def guidance_embeddings(conds, view: jax.Array, view_guidance: bool):
-    """(cond, uncond, plain) for views with label indices `view` (V,): plain is None unless
-    `view_guidance` (the bare prompt's embedding for `Prior.eps`'s view guidance)."""
+  def guidance_embeddings(self, conds, view: jax.Array):
+    """(cond, uncond, plain) for views with label indices `view` (V,); plain, the bare prompt
+    for `Prior.eps`'s view guidance (which ignores it at view scale 0), is None when the
+    prompts carry no view words."""
     v = view.shape[0]
     uncond = jnp.broadcast_to(conds["uncond"], (v,) + conds["uncond"].shape[1:])
-    plain = jnp.broadcast_to(conds["plain"], uncond.shape) if view_guidance else None
+    plain = (jnp.broadcast_to(conds["plain"], uncond.shape) if self.cfg.view_dependent_prompt
+             else None)
     return conds["views"][view], uncond, plain
 
   def blob(self, step) -> jax.Array:

@@ -184,8 +184,7 @@ class SJC(particles.ParticleSystem):
       x = self.prior.encode(prior_params, x)
     t = sjc_lib.sample_timesteps(k_t, cfg.paas, self.prior.num_train_timesteps, (v,))
     cond, uncond, plain = self.guidance_embeddings(
-        conds, cameras.view_index(az, el, cfg.view_scheme),
-        cfg.view_dependent_prompt and cfg.paas.view_scale > 0)
+        conds, cameras.view_index(az, el, cfg.view_scheme))
     loss_sjc, aux = sjc_lib.sjc_loss(self.prior, prior_params, k_noise, x, t, cond, uncond,
                                      cfg.paas, plain)
     loss_empty = emptiness_loss(out["weights"], cfg.emptiness_scale)
