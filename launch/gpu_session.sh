@@ -18,9 +18,14 @@ $py -c 'import jax; print(jax.__version__, jax.devices())' | tee "$out/device.tx
 w=${WORK:-/tmp/p2}
 t0=$SECONDS
 timeout "${PRIOR_TIMEOUT:-400}" bash "$here/train_prior_gpu.sh" "$w" 10 azimuth "$steps" "$pc" \
-  2>&1 | tee "$out/prior.log" | tr '\r' '\n' | grep -v "step/s" || echo "prior stage failed"
-echo "prior stage: $((SECONDS - t0)) s" | tee -a "$out/device.txt"
-if [[ -d "$w/solids-prior" ]]; then
+  2>&1 | tee "$out/prior.log" | tr '\r' '\n' | grep -v "step/s"
+rc=${PIPESTATUS[0]}
+# The recipe ends with `bench prior`: a timeout there (exit 124) still leaves exported weights.
+exported=no
+[[ -d "$w/solids-prior" ]] && exported=yes
+echo "prior stage: exit $rc, weights exported: $exported, $((SECONDS - t0)) s" \
+  | tee -a "$out/device.txt"
+if [[ $exported == yes ]]; then
   tar -C "$w" -czf "$out/solids-prior.tgz" solids-prior
   cp "$w"/bench_prior.json "$w"/bench_prior.png "$out"/ 2>/dev/null
 fi
