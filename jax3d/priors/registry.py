@@ -47,19 +47,25 @@ def load_prior(spec: str, dtype: str = "float32", allow_pickle: bool = False):
     import jax  # pylint: disable=g-import-not-at-top
     from jax3d.priors import analytic  # pylint: disable=g-import-not-at-top
     return analytic.solids_analytic_prior(jax.random.key(ANALYTIC_SEED))
-  name = None
+  path = prior_folder(spec)
+  from jax3d.priors import diffusers as diffusers_prior  # pylint: disable=g-import-not-at-top
+  return diffusers_prior.load_diffusers_prior(path, dtype, allow_pickle,
+                                              name=spec if spec in SHIPPED else None)
+
+
+def prior_folder(spec: str) -> pathlib.Path:
+  """The diffusers folder of a shipped name or a path; a UserError if it is not there."""
   if spec in SHIPPED:
-    path, name = shipped_solids_path(spec), spec
+    path = shipped_solids_path(spec)
     if not (path / "model_index.json").is_file():
       raise UserError(f"the shipped {spec} prior is not installed; use --prior analytic or "
                       f"a diffusers folder")
-  else:
-    path = pathlib.Path(os.path.expanduser(spec))
-    if not path.exists():
-      raise UserError(f"unknown prior {spec!r}: not one of {', '.join([*SHIPPED, ANALYTIC])}, "
-                      f"and no such folder")
-  from jax3d.priors import diffusers as diffusers_prior  # pylint: disable=g-import-not-at-top
-  return diffusers_prior.load_diffusers_prior(path, dtype, allow_pickle, name=name)
+    return path
+  path = pathlib.Path(os.path.expanduser(spec))
+  if not path.exists():
+    raise UserError(f"unknown prior {spec!r}: not one of {', '.join([*SHIPPED, ANALYTIC])}, "
+                    f"and no such folder")
+  return path
 
 
-__all__ = ["load_prior", "shipped_solids_path", "is_solids_prior"]
+__all__ = ["load_prior", "prior_folder", "shipped_solids_path", "is_solids_prior"]

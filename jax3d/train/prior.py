@@ -157,8 +157,7 @@ def params_from_folder(init: dict[str, Any], spec: str) -> dict[str, Any]:
   from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
   from jax3d.priors import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   prior = registry.load_prior(spec)
-  path = (registry.shipped_solids_path(spec) if spec in registry.SHIPPED
-          else os.path.expanduser(spec))
+  path = registry.prior_folder(spec)
   with open(os.path.join(path, "tokenizer", "vocab.json")) as f:
     old_vocab = json.load(f)
   new_vocab = tokenizer_lib.build_vocab(solids_model.VOCAB_WORDS)[0]
