@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("sample", help="draw images from a 2D prior with DDIM (a grid PNG)")
   p.add_argument("prompt", help="text prompt, e.g. 'a blue cone'")
   p.add_argument("--prior", default="solids",
-                 help="'solids' (shipped), 'analytic' (exact, solids prompts only) or a "
-                      "diffusers folder")
+                 help="'solids' (shipped), 'analytic' or 'analytic:N' (exact, from N renders "
+                      "per object; solids prompts only) or a diffusers folder")
   p.add_argument("--num", type=int, default=8, help="number of images")
   p.add_argument("--steps", type=int, default=50, help="DDIM steps")
   p.add_argument("--guidance-scale", type=float, default=None,
@@ -169,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="run folder; rerun to resume")
   p.add_argument("--method", default="sds", help="distillation method: sds or sjc")
   p.add_argument("--prior", default=None,
-                 help="'solids' or 'solids-azimuth' (shipped), 'analytic' (exact, solids "
-                      "prompts) or a diffusers folder (default: the config's `prior`)")
+                 help="'solids' or 'solids-azimuth' (shipped), 'analytic' or 'analytic:N' "
+                      "(exact, from N renders per object; solids prompts) or a diffusers "
+                      "folder (default: the config's `prior`)")
   p.add_argument("--particles", type=int, default=None, help="number of particles P")
   p.add_argument("--config", default=None,
                  help="config PATH.py[:PRESET] or shipped name (default: the method's toy "

@@ -120,6 +120,13 @@ def test_auto_view_labels_are_the_priors_and_the_config_names_the_prior():
       "dreamfusion")
   assert runner.resolve_prior(None, c) == "solids-azimuth"  # the toy presets' default
   assert runner.resolve_prior("analytic", c) == "analytic"
+  # The exact prior's preset: denser image set, CFG 10, azimuth words, no view guidance.
+  ca = configuration.load("dreamfusion:toy-analytic")
+  assert runner.resolve_prior(None, ca) == "analytic:256"
+  assert (ca.guidance.scale, ca.guidance.view_labels, ca.guidance.view_scale) == (
+      10.0, "azimuth", 0.0)
+  with pytest.raises(UserError, match="not a solids prompt"):
+    runner.check_prompt_for_prior("a photo of a dog", "analytic:256")
   assert runner.resolve_prior(None, configuration.load("sjc:toy")) == "solids-azimuth"
   with pytest.raises(UserError, match="names no prior"):
     runner.resolve_prior(None, configuration.load("sjc:sd"))

@@ -123,6 +123,20 @@ def test_load_prior_names(pixel_folder, monkeypatch, tmp_path):
     registry.load_prior("analytic", dtype="float64")
 
 
+def test_analytic_spec_sets_renders_per_object():
+  assert registry.analytic_views("analytic") == registry.ANALYTIC_VIEWS == 64
+  assert registry.analytic_views("analytic:256") == 256
+  assert registry.analytic_views("solids") is None
+  assert registry.analytic_views("analytics") is None  # a folder name, not the analytic prior
+  assert registry.is_solids_prior("analytic:3") and not registry.is_solids_prior("/tmp/x")
+  for bad in ("analytic:", "analytic:0", "analytic:x", "analytic:-4", "analytic:2.5"):
+    with pytest.raises(UserError, match="analytic:N"):
+      registry.is_solids_prior(bad)
+  num_objects = len(scenes.SOLIDS) * len(scenes.COLOURS)
+  images = registry.load_prior("analytic:2").params["images"]
+  assert images.shape[0] == 2 * num_objects, (images.shape, num_objects)
+
+
 def _run_cli(*argv, cwd):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
@@ -143,6 +157,7 @@ def test_cli_bad_inputs_are_one_line_errors(pixel_folder, tmp_path):
       (["a red cube", "--prior", str(_pickle_only(pixel_folder, tmp_path / "pickles"))],
        "pickle"),
       (["a photo of a dog", "--prior", "analytic"], "not a solids prompt"),
+      (["a red cube", "--prior", "analytic:many"], "analytic:N"),
   ]
   if not (registry.shipped_solids_path() / "model_index.json").exists():
     cases.append((["a red cube", "--prior", "solids"], "not installed yet"))

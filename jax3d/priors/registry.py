@@ -4,7 +4,9 @@
                folder trained by `jax3d train-prior`), captions with DreamFusion's view words
     'solids-azimuth'  the same network fine-tuned on 30° azimuth view words
                (jax3d/assets/solids-azimuth-prior/): pins a cube's turn per view
-    'analytic' the exact prior over solids renders (`analytic.solids_analytic_prior`)
+    'analytic' the exact prior over solids renders (`analytic.solids_analytic_prior`), built
+               from 64 renders per object; 'analytic:N' from N renders per object (a denser
+               set: fewer stray images per view, see README's "The analytic prior's halo")
     PATH       a local diffusers-layout folder (Stable Diffusion or any compatible pipeline)
 """
 
@@ -21,6 +23,7 @@ SOLIDS_AZIMUTH = "solids-azimuth"
 ANALYTIC = "analytic"
 SHIPPED = {SOLIDS: "solids-prior", SOLIDS_AZIMUTH: "solids-azimuth-prior"}  # name -> folder
 ANALYTIC_SEED = 0
+ANALYTIC_VIEWS = 64  # renders per object of plain 'analytic'
 DTYPES = ("float32", "bfloat16")
 
 
@@ -29,13 +32,26 @@ def shipped_solids_path(name: str = SOLIDS) -> pathlib.Path:
   return pathlib.Path(str(importlib.resources.files("jax3d.assets"))) / SHIPPED[name]
 
 
+def analytic_views(spec: str) -> int | None:
+  """Renders per object of an 'analytic' or 'analytic:N' spec; None for any other spec."""
+  if spec == ANALYTIC:
+    return ANALYTIC_VIEWS
+  if not spec.startswith(ANALYTIC + ":"):
+    return None
+  n = spec[len(ANALYTIC) + 1:]
+  if not n.isdigit() or int(n) < 1:
+    raise UserError(f"bad prior {spec!r}: write analytic:N with N a positive whole number of "
+                    f"renders per object, e.g. analytic:256")
+  return int(n)
+
+
 def is_solids_prior(spec: str) -> bool:
   """Whether `spec` names a prior of the solids world (it knows only solids prompts)."""
-  return spec == ANALYTIC or spec in SHIPPED
+  return spec in SHIPPED or analytic_views(spec) is not None
 
 
 def load_prior(spec: str, dtype: str = "float32", allow_pickle: bool = False):
-  """'solids' | 'solids-azimuth' | 'analytic' | a diffusers folder path -> Prior.
+  """'solids' | 'solids-azimuth' | 'analytic[:N]' | a diffusers folder path -> Prior.
 
   `dtype` ('float32' | 'bfloat16') applies to network priors; the analytic prior is always
   float32 (it has no network, and its mixture weights need the precision).
@@ -43,10 +59,11 @@ def load_prior(spec: str, dtype: str = "float32", allow_pickle: bool = False):
   if dtype not in DTYPES:
     raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
   # Heavy imports after the cheap checks, so mistakes are reported at once.
-  if spec == ANALYTIC:
+  views = analytic_views(spec)
+  if views is not None:
     import jax  # pylint: disable=g-import-not-at-top
     from jax3d.priors import analytic  # pylint: disable=g-import-not-at-top
-    return analytic.solids_analytic_prior(jax.random.key(ANALYTIC_SEED))
+    return analytic.solids_analytic_prior(jax.random.key(ANALYTIC_SEED), views_per_object=views)
   path = prior_folder(spec)
   from jax3d.priors import diffusers as diffusers_prior  # pylint: disable=g-import-not-at-top
   return diffusers_prior.load_diffusers_prior(path, dtype, allow_pickle,
@@ -64,8 +81,9 @@ def prior_folder(spec: str) -> pathlib.Path:
   path = pathlib.Path(os.path.expanduser(spec))
   if not path.exists():
     raise UserError(f"unknown prior {spec!r}: not one of {', '.join([*SHIPPED, ANALYTIC])}, "
-                    f"and no such folder")
+                    f"analytic:N, and no such folder")
   return path
 
 
-__all__ = ["load_prior", "prior_folder", "shipped_solids_path", "is_solids_prior"]
+__all__ = ["load_prior", "prior_folder", "shipped_solids_path", "is_solids_prior",
+           "analytic_views"]

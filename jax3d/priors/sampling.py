@@ -115,7 +115,7 @@ def sample_command(args) -> int:
   out = os.path.abspath(args.out)
   if not os.path.isdir(os.path.dirname(out)):
     raise UserError(f"the folder of --out {args.out} does not exist")
-  if args.prior == "analytic":
+  if registry.analytic_views(args.prior) is not None:
     scenes.parse_prompt(args.prompt)  # Fail fast, before rendering the image set.
   prior = registry.load_prior(args.prior, dtype=args.dtype, allow_pickle=args.allow_pickle)
   if args.steps > prior.num_train_timesteps:
