@@ -1,14 +1,16 @@
 """Config groups every distillation method shares (cameras, the hash-grid NeRF, runner
 cadence, export), so presets differ only where the methods do."""
 
+import dataclasses
+
 import ml_collections
+
+from jax3d.solids import scenes
 
 
 def camera(size: int = 32) -> ml_collections.ConfigDict:
-  """The shared orbit camera distribution (the solids world's: distance 2 +- 0.1, fov 40)."""
-  return ml_collections.ConfigDict(dict(
-      height=size, width=size, distance=2.0, distance_jitter=0.1, fov_deg=40.0,
-      fov_jitter_deg=0.0, elevation_range=(-10.0, 45.0), azimuth_range=(-180.0, 180.0)))
+  """The solids world's orbit camera distribution (distance 2 ± 0.1, fov 40°), size² pixels."""
+  return ml_collections.ConfigDict(dataclasses.asdict(scenes.camera_config(size)))
 
 
 def nerf_field() -> ml_collections.ConfigDict:
@@ -18,11 +20,20 @@ def nerf_field() -> ml_collections.ConfigDict:
       hashgrid=ml_collections.ConfigDict(dict(
           num_levels=8, features_per_level=2, log2_table_size=14, base_resolution=16,
           max_resolution=128)),
-      bound=1.0, hidden_dim=32, num_hidden_layers=1,
+      bound=1.0, radius=0.0, hidden_dim=32, num_hidden_layers=1,
       density_activation="softplus", blob_kind="linear", blob_density=10.0, blob_radius=0.5,
-      # Render normals are central differences at the expected surface point: a step of ~3
-      # finest hash cells (2/128) smooths the grid's cell-scale noise in turntables.
+      # Render normals: central differences at the expected surface point, ~3 finest cells.
       normal_method="analytic", normal_eps=0.04))
+
+
+def view_words(c: ml_collections.ConfigDict) -> None:
+  """The guidance keys for view-dependent prompts (systems/field_system.py, ViewWords)."""
+  c.guidance.view_dependent_prompt = True
+  # DreamFusion's front/side/back/overhead, "azimuth" (12 sectors of 30°) or "auto": the
+  # prior's own scheme.
+  c.guidance.view_labels = "auto"
+  # View guidance (Prior.eps): the view words' own direction gets this scale; 0 = off.
+  c.guidance.view_scale = 0.0
 
 
 def add_runner(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -32,5 +43,5 @@ def add_runner(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.checkpoint_every = 200
   c.export = ml_collections.ConfigDict(dict(
       mesh_resolution=96, mesh_level=-1.0,  # -1: the renderer-consistent automatic level
-      video_frames=36, video_size=128, video_elevation=15.0, video_fps=12))
+      video_frames=36, video_size=128, video_elevation=15.0, video_fps=12.0))
   return c

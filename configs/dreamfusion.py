@@ -36,50 +36,29 @@ def get_config(preset=None):
       scale=100.0,  # DreamFusion uses a CFG scale of 100
       max_grad_norm=0.0,  # per-view residual clipping; 0 = off
       timesteps=ml_collections.ConfigDict(dict(t_min=0.02, t_max=0.98, t_max_end=None,
-                                               anneal_steps=0, weighting="dreamfusion")),
-      view_dependent_prompt=True,
-      # Suffix words per camera: DreamFusion's front/side/back/overhead, "azimuth" (12
-      # sectors of 30°) for a prior trained with them (see jax3d/cameras.py), or "auto": the
-      # prior's own (its first scheme; DreamFusion's for Stable Diffusion).
-      view_labels="auto",
-      # View guidance (jax3d/priors/base.py, Prior.eps): the scale of the view words' own
-      # direction ε(prompt + view) − ε(prompt), the prompt's keeping `scale`; 0 = off (plain
-      # CFG on the suffixed prompt). One more prior call per view.
-      view_scale=0.0))
-  # Probabilities of shading modes per view: albedo, lambertian, textureless (DreamFusion
-  # samples among them). Shading needs normals, i.e. second-order gradients through the
-  # field (~4x the step time on CPU), so the toy preset renders albedo only: the solids'
-  # hue and silhouette survive it, which is what the solids benchmark measures.
+                                               anneal_steps=0, weighting="dreamfusion"))))
+  _common.view_words(c)
+  # Probabilities of shading modes per view: albedo, lambertian, textureless. The toy renders
+  # albedo only: shading needs normals, ~1.4-8x the CPU step (docs/results.md, "Shading").
   c.shading = ml_collections.ConfigDict(dict(
       probs=(1.0, 0.0, 0.0), ambient=0.35, light_jitter=0.3, albedo_warmup_steps=0,
-      # "sample": shade every ray sample with its own normal (second order through the field);
-      # "surface": shade once per ray at the expected surface point with a central-difference
-      # normal (first order). 2-core CPU, toy: 0.40 s per step vs 0.28 albedo-only and 2.3 with
-      # per-sample analytic normals. "a red cube", Lambertian + "surface", 600 steps:
-      # silhouette IoU 0.82 (albedo-only: 0.84), still the cube's circumscribed cylinder.
+      # "sample": every ray sample's own normal (second order through the field); "surface":
+      # one central-difference normal per ray at the expected surface point (first order).
       normals="sample"))
   c.background = (1.0, 1.0, 1.0)  # plain white, as the solids world
   c.regularizers = ml_collections.ConfigDict(dict(orientation=0.0, opacity=0.0,
                                                   opacity_kind="mean"))
   c.optim = ml_collections.ConfigDict(dict(
-      lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15, grad_clip=0.0))
+      name="adam", lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15, grad_clip=0.0))
   _common.add_runner(c)
 
   if preset == "toy":
-    # The azimuth-worded solids prior with view guidance, as the SJC toy preset: DreamFusion's
-    # four words leave a cube's turn open and it comes out as its circumscribed cylinder
-    # (`--prior solids`: 0/6 cubes); with 30° azimuth words and view guidance 5x the prompt's
-    # scale, SDS makes cubes ('a red cube': occupancy IoU 0.65 to the cube, 0.60 to the
-    # cylinder; `--prior solids`: 0.61 / 0.88).
+    # Azimuth words and view guidance pin a cube's turn (docs/results.md, "Cubes").
     c.prior = "solids-azimuth"
     c.guidance.view_scale = 500.0
   elif preset == "toy-analytic":
-    # The toy on the exact prior. Its denoiser at large t is the mean of the prompt's few
-    # renders per view sector, with fractional edges that CFG 100 inflates to their union (a
-    # halo; a torus's hole fills): CFG 10 and 256 renders per object instead of 64 ('a red
-    # torus': IoU 0.77 at CFG 100 / 64, 0.82 at CFG 10 / 64, 0.92 at CFG 10 / 256). View words
-    # pin the turn; the exact prior needs no view guidance. All 30 colour prompts: mean IoU
-    # 0.936 (docs/results/bench-solids-sds-analytic-30.json).
+    # The exact prior needs CFG 10 and 256 renders per object (docs/results.md, "The
+    # analytic prior's halo"); its view words pin the turn without view guidance.
     c.prior = "analytic:256"
     c.guidance.scale = 10.0
     c.guidance.view_labels = "azimuth"

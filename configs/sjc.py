@@ -30,7 +30,7 @@ def get_config(preset=None):
   c.field = ml_collections.ConfigDict(dict(
       kind="voxel",  # or "nerf": the hash-grid NeRF of configs/dreamfusion.py
       voxel=ml_collections.ConfigDict(dict(
-          resolution=64, channels=3, bound=1.0,
+          resolution=64, channels=3, bound=1.0, radius=0.0,
           density_shift=-1.0,  # official: density_shift -1 with softplus
           density_activation="softplus", feature_activation="sigmoid",
           feature_init_scale=1.0)),
@@ -41,16 +41,8 @@ def get_config(preset=None):
       scale=100.0,  # official CFG scale
       num_perturbations=4,  # K (official SD setting: 1)
       trim_low=30, trim_high=10,  # official `us[30:-10]`
-      variance_reduction=True,  # official `var_red`
-      view_dependent_prompt=True,
-      # Suffix words per camera: DreamFusion's front/side/back/overhead, "azimuth" (12
-      # sectors of 30°) for a prior trained with them (see jax3d/cameras.py), or "auto": the
-      # prior's own (its first scheme; DreamFusion's for Stable Diffusion).
-      view_labels="auto",
-      # View guidance (jax3d/priors/base.py, Prior.eps): the scale of the view words' own
-      # direction ε(prompt + view) − ε(prompt), the prompt's keeping `scale`; 0 = off (plain
-      # CFG on the suffixed prompt). One more prior call per view.
-      view_scale=0.0))
+      variance_reduction=True))  # official `var_red`
+  _common.view_words(c)
   c.background = (1.0, 1.0, 1.0)  # RGB; for latent renders, the latent of a plain image of it
   c.regularizers = ml_collections.ConfigDict(dict(
       emptiness_weight=1e4, emptiness_scale=10.0,  # official
@@ -63,18 +55,10 @@ def get_config(preset=None):
   _common.add_runner(c)
 
   if preset == "toy":
-    # The azimuth-worded solids prior with view guidance: with DreamFusion's four view words
-    # (`--prior solids`) a cube comes out as its circumscribed cylinder, since the words leave
-    # its turn open; 30° azimuth words pin it, and view guidance 5x the prompt's scale makes the
-    # learned prior's weak preference for the labelled turn count ('a red cube', 600 steps,
-    # occupancy IoU to the cube / to its circumscribed cylinder: view_scale 0 → 0.59 / 0.80,
-    # shape 'sphere'; 300 → 0.58 / 0.71, cube; 500 → 0.59 / 0.63, cube; 1000 → 0.59 / 0.54,
-    # cube but washed-out colour).
+    # Azimuth words and view guidance pin a cube's turn (docs/results.md, "Cubes").
     c.prior = "solids-azimuth"
     c.guidance.view_scale = 500.0
-    # The official 1e4 is for 64x64x4 SD latents; against 32x32 RGB renders it empties the
-    # grid ('a red cube', solids prior, 300 steps: mean opacity 0.32, a faint fog). 1e3 gives a
-    # solid object (600 steps: opacity 0.55, silhouette IoU 0.84); 1e2 bloats it (IoU 0.81).
+    # The official 1e4 suits 64x64x4 SD latents and empties 32x32 RGB grids (docs/results.md).
     c.regularizers.emptiness_weight = 1e3
   elif preset == "sd":
     c.prior = ""  # a Stable Diffusion folder: --prior PATH

@@ -2,8 +2,8 @@
 
 Presets:
   default  the shipped model: sized to reach the quality bar in <= 90 min on a 2-core CPU
-           (DESIGN.md: cross-attention at full resolution dominates CPU step time, so it sits
-           only in the lowest block and the mid block).
+           (docs/architecture.md: cross-attention at full resolution dominates CPU step time,
+           so it sits only in the lowest block and the mid block).
   tiny     a few steps of a tiny network, for tests.
 """
 

@@ -15,7 +15,6 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jax3d.errors import UserError
 
@@ -40,28 +39,15 @@ class Camera:
 
 @dataclasses.dataclass(frozen=True)
 class CameraConfig:
-  """Random-orbit camera distribution; defaults are the solids world's (DESIGN.md)."""
-  height: int = 32
-  width: int = 32
-  distance: float = 2.0
-  distance_jitter: float = 0.1
-  fov_deg: float = 40.0
-  fov_jitter_deg: float = 0.0
-  elevation_range: tuple[float, float] = (-10.0, 45.0)
-  azimuth_range: tuple[float, float] = (-180.0, 180.0)
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "CameraConfig":
-    d = dict(cfg)
-    for k in ("elevation_range", "azimuth_range"):
-      if k in d:
-        d[k] = tuple(float(v) for v in d[k])
-    return cls(**d)
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The camera section of every config, as a ConfigDict with the shared defaults."""
-  return ml_collections.ConfigDict(dataclasses.asdict(CameraConfig()))
+  """A random-orbit camera distribution (values: configs/, or `solids.scenes.camera_config`)."""
+  height: int
+  width: int
+  distance: float
+  distance_jitter: float
+  fov_deg: float
+  fov_jitter_deg: float
+  elevation_range: tuple[float, float]
+  azimuth_range: tuple[float, float]
 
 
 def look_at(position: jax.Array, target: jax.Array | None = None,
@@ -112,7 +98,7 @@ def to_spherical(camera: Camera) -> tuple[jax.Array, jax.Array, jax.Array]:
   return azimuth, elevation, distance
 
 
-def sample(key: jax.Array, n: int, cfg: CameraConfig = CameraConfig()) -> Camera:
+def sample(key: jax.Array, n: int, cfg: CameraConfig) -> Camera:
   """Draws `n` random orbit cameras: azimuth and elevation uniform in their ranges."""
   k_az, k_el, k_d, k_f = jax.random.split(key, 4)
   azimuth = jax.random.uniform(k_az, (n,), minval=cfg.azimuth_range[0],
@@ -226,5 +212,5 @@ def check_camera(camera: Camera) -> None:
 
 __all__ = ["Camera", "CameraConfig", "sample", "orbit", "rays", "project", "view_label",
            "view_index", "view_suffix", "look_at", "from_spherical", "to_spherical",
-           "default_config", "VIEW_LABELS", "VIEW_SCHEMES", "AZIMUTH_LABELS", "view_labels",
+           "VIEW_LABELS", "VIEW_SCHEMES", "AZIMUTH_LABELS", "view_labels",
            "check_view_scheme"]

@@ -13,8 +13,12 @@ import sys
 from typing import Callable, Sequence
 
 from jax3d.errors import Interrupted, UserError
+from jax3d.systems import registry
 
 EXIT_USER_ERROR = 2
+_METHOD_HELP = (f"distillation method, one of {', '.join(registry.SYSTEMS)} (default: the "
+                f"config's `method`, else {registry.DEFAULT_METHOD}; it must agree with "
+                f"--config)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,14 +80,11 @@ def _cmd_train_prior(args, overrides):
 
 
 def _cmd_generate(args, overrides):
-  from jax3d import configuration
   from jax3d.train import runner
-  runner.check_method(args.method)
-  spec = args.config or runner.DEFAULT_CONFIGS[args.method]
-  cfg = configuration.apply_overrides(configuration.load(spec), overrides)
+  _, cfg = registry.resolve(args.method, args.config, overrides)
   if args.particles is not None:
     cfg.num_particles = args.particles
-  summary = runner.generate(args.prompt, args.workdir, args.method, args.prior, cfg,
+  summary = runner.generate(args.prompt, args.workdir, cfg, args.prior,
                             overwrite=args.overwrite, dtype=args.dtype,
                             allow_pickle=args.allow_pickle)
   if "particles" in summary:
@@ -138,12 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
                  help="`bench prior`: CFG scale (default: the prior's own)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--grid-out", default=None, help="`bench prior`: also write a sample grid PNG")
-  p.add_argument("--method", default="sds", help="`bench solids`/`step`: distillation method")
+  p.add_argument("--method", default=None,
+                 help=f"`bench solids`/`step`: {_METHOD_HELP}")
   p.add_argument("--prompts", default="all",
                  help="`bench solids`: 'all' (the 30 colour prompts) or 'a red cube;a blue cone'")
   p.add_argument("--config", default=None,
-                 help="`bench solids`/`step`: config PATH.py[:PRESET]; override keys with "
-                      "--config.KEY=VALUE")
+                 help="`bench solids`/`step`: config PATH.py[:PRESET] (default: the method's); "
+                      "override keys with --config.KEY=VALUE")
   p.add_argument("--workdir-root", default="runs/bench-solids",
                  help="`bench solids`: run folders go under ROOT/METHOD/PROMPT")
   p.set_defaults(handler=_cmd_bench, takes_config=True)
@@ -167,15 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("generate", help="text to 3D: train a field on a prompt and export it")
   p.add_argument("prompt", help="text prompt, e.g. 'a red cube'")
   p.add_argument("--workdir", required=True, help="run folder; rerun to resume")
-  p.add_argument("--method", default="sds", help="distillation method: sds or sjc")
+  p.add_argument("--method", default=None, help=_METHOD_HELP)
   p.add_argument("--prior", default=None,
                  help="'solids' or 'solids-azimuth' (shipped), 'analytic' or 'analytic:N' "
                       "(exact, from N renders per object; solids prompts) or a diffusers "
                       "folder (default: the config's `prior`)")
   p.add_argument("--particles", type=int, default=None, help="number of particles P")
   p.add_argument("--config", default=None,
-                 help="config PATH.py[:PRESET] or shipped name (default: the method's toy "
-                      "preset); override keys with --config.KEY=VALUE")
+                 help="config PATH.py[:PRESET] or shipped name (default: the method's default "
+                      "config); override keys with --config.KEY=VALUE")
   p.add_argument("--overwrite", action="store_true",
                  help="replace a different run found in --workdir")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -209,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
+  argv = list(sys.argv[1:] if argv is None else argv)
   try:
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     overrides = _split_overrides(extra)
     if overrides and not getattr(args, "takes_config", False):
       raise UserError(f"`jax3d {args.command}` takes no --config overrides "

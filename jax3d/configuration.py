@@ -4,17 +4,24 @@ This follows the big_vision / flax-examples convention. A config file defines
 `get_config(preset: str | None) -> ConfigDict`. `path.py` is looked up first relative to the
 working directory and then among the presets shipped in the package (`jax3d.configs`), so
 `--config configs/dreamfusion.py:toy` and `--config dreamfusion:toy` work from anywhere.
+
+Presets are the only place where setting values live. Code reads them through `typed`, the one
+strict converter from a ConfigDict to a frozen dataclass: every field must be given, no key may
+be unknown, and each value must have its annotated type; the error names the key.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.resources
 import importlib.util
 import inspect
 import json
 import os
-from typing import Any, Sequence
+import types
+import typing
+from typing import Any, Sequence, TypeVar
 
 import ml_collections
 
@@ -128,3 +135,81 @@ def apply_overrides(config: ml_collections.ConfigDict,
 def to_json(config: ml_collections.ConfigDict) -> str:
   """A stable JSON dump of a config (the `config.json` written next to results)."""
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+T = TypeVar("T")
+
+
+def typed(cls: type[T], config: ml_collections.ConfigDict | dict, key: str = "") -> T:
+  """The frozen dataclass `cls` built from `config`, strictly.
+
+  Every field of `cls` must be a key of `config` and every key a field; values are checked
+  against the field annotations (bool, int, float, str, `Literal[...]`, `X | None`,
+  `tuple[X, ...]`, fixed-length tuples and nested dataclasses, recursively). A value check in
+  the dataclass itself (`__post_init__` raising `UserError`) is reported with the key prefix.
+  `key` is the dotted path of `config` (for messages).
+  """
+  if not isinstance(config, (ml_collections.ConfigDict, dict)):
+    raise UserError(f"config key {key!r} must be a group of settings, got {config!r}")
+  values = dict(config.items())
+  names = [f.name for f in dataclasses.fields(cls) if f.init]
+  where = f"{key}." if key else ""
+  unknown = sorted(set(values) - set(names))
+  if unknown:
+    raise UserError(f"unknown config key {where + unknown[0]!r}; known keys at that level: "
+                    f"{', '.join(sorted(names))}")
+  missing = [n for n in names if n not in values]
+  if missing:
+    raise UserError(f"config key {where + missing[0]!r} is missing; a preset in configs/ must "
+                    f"set it")
+  hints = typing.get_type_hints(cls)
+  kwargs = {n: _coerce(hints[n], values[n], where + n) for n in names}
+  try:
+    return cls(**kwargs)
+  except UserError as e:
+    raise UserError(f"{key}: {e}" if key else str(e)) from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+  """`value` as annotation `tp` (see `typed`), or a UserError naming `key`."""
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if dataclasses.is_dataclass(tp):
+    return typed(tp, value, key)
+  if origin in (typing.Union, types.UnionType):
+    if value is None and type(None) in args:
+      return None
+    options = [a for a in args if a is not type(None)]
+    if len(options) == 1:
+      return _coerce(options[0], value, key)
+    raise TypeError(f"unsupported union annotation {tp} for config key {key!r}")
+  if origin is typing.Literal:
+    if value not in args:
+      raise UserError(f"config key {key!r} must be one of {', '.join(map(repr, args))}, got "
+                      f"{value!r}")
+    return value
+  if origin is tuple:
+    if not isinstance(value, (tuple, list)):
+      raise UserError(f"config key {key!r} must be a tuple like (1, 2), got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+      raise UserError(f"config key {key!r} must have {len(args)} entries, got {len(value)}: "
+                      f"{tuple(value)}")
+    return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+  if tp is bool:
+    if not isinstance(value, bool):
+      raise UserError(f"config key {key!r} must be True or False, got {value!r}")
+    return value
+  if tp is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise UserError(f"config key {key!r} must be an integer, got {value!r}")
+    return value
+  if tp is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise UserError(f"config key {key!r} must be a number, got {value!r}")
+    return float(value)
+  if tp is str:
+    if not isinstance(value, str):
+      raise UserError(f"config key {key!r} must be a string, got {value!r}")
+    return value
+  raise TypeError(f"unsupported annotation {tp} for config key {key!r}")

@@ -17,8 +17,3 @@ class Interrupted(Exception):
                      f"to resume")
     self.step = step
 
-
-def check(condition: bool, message: str) -> None:
-  """Raises `UserError(message)` unless `condition` holds."""
-  if not condition:
-    raise UserError(message)

@@ -29,7 +29,7 @@ def turn_errors(prior_spec: str, num: int = 8) -> dict[int, np.ndarray]:
   turns, elevations = np.meshgrid(np.arange(0.0, 360.0, 3.0),
                                   np.array([-5.0, 5.0, 15.0, 25.0, 35.0, 45.0]), indexing="ij")
   turns = turns.ravel()
-  shared = cameras.CameraConfig()  # the training distribution's distance and field of view
+  shared = scenes.camera_config(res)  # the training distribution's distance and fov
   cams = cameras.from_spherical(jnp.asarray(turns), jnp.asarray(elevations.ravel()),
                                 shared.distance, shared.fov_deg, res, res)
   refs = np.asarray(render.render_batch(

@@ -36,7 +36,7 @@ def margins(prior_spec: str, num_draws: int = 32) -> dict[str, np.ndarray]:
   res = prior.resolution
   labels = np.arange(0.0, 360.0, 30.0)
   az = (labels[:, None] + np.asarray(OFFSETS)[None]).ravel()
-  shared = cameras.CameraConfig()
+  shared = scenes.camera_config(res)
   cams = cameras.from_spherical(jnp.asarray(az), jnp.full(az.shape, ELEVATION),
                                 shared.distance, shared.fov_deg, res, res)
   rgb = np.tile(scenes.albedo("red"), (az.size, 1))

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import io
 import json
+import platform
+import re
+import shlex
 
 import jax
 import numpy as np
 
 from jax3d import bench
 from jax3d import cli
+from jax3d import configuration
 
 
 def test_bench_render_quick_writes_json(tmp_path, capsys):
   out = tmp_path / "sub" / "render.json"
-  assert cli.main(["bench", "render", "--quick", "--repeats", "1", "--out", str(out)]) == 0
+  argv = ["bench", "render", "--quick", "--repeats", "1", "--out", str(out)]
+  assert cli.main(argv) == 0
   payload = json.loads(out.read_text())
   assert payload["benchmark"] == "render"
+  assert payload["command"] == "jax3d " + shlex.join(argv)
+  assert payload["commit"] is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", payload["commit"])
   assert payload["device"] == jax.devices()[0].device_kind
   assert payload["jax_version"] == jax.__version__
+  assert payload["versions"]["jax"] == jax.__version__
+  assert payload["versions"]["python"] == platform.python_version()
   assert payload["quick"] is True
+  # --grid toy: the field of the dreamfusion:toy preset.
   assert payload["settings"]["grid"] == "toy"
+  assert payload["settings"]["nerf"] == configuration.load("dreamfusion:toy").field.to_dict()
   rows = payload["rows"]
   cases = {(r["case"], r["pass"]) for r in rows}
   for pass_ in ("forward", "forward+backward"):
@@ -33,7 +44,7 @@ def test_bench_render_quick_writes_json(tmp_path, capsys):
                                  rtol=1e-6)
       assert r["points"] == 16 * 16 * r["samples_per_ray"]
   printed = capsys.readouterr().out
-  assert "jax3d bench render" in printed and "toy hash grid" in printed
+  assert "jax3d bench render" in printed and "toy hash grid (dreamfusion:toy)" in printed
   assert "forward+backward" in printed
 
 

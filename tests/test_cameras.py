@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from jax3d import cameras
+from jax3d import configuration
 from jax3d.errors import UserError
+from jax3d.solids import scenes
 
 # (height, width): even, odd and mixed parity, square and not.
 SIZES = [(8, 8), (7, 7), (6, 9)]
@@ -227,8 +229,9 @@ def test_sample_respects_ranges():
 
 
 def test_sample_without_jitter_is_exact():
-  cfg = cameras.CameraConfig(distance_jitter=0.0, fov_jitter_deg=0.0,
-                             elevation_range=(20.0, 20.0))
+  cfg = cameras.CameraConfig(height=32, width=32, distance=2.0, distance_jitter=0.0,
+                             fov_deg=40.0, fov_jitter_deg=0.0, elevation_range=(20.0, 20.0),
+                             azimuth_range=(-180.0, 180.0))
   cam = cameras.sample(jax.random.key(3), 16, cfg)
   _, el, dist = cameras.to_spherical(cam)
   np.testing.assert_allclose(dist, 2.0, rtol=1e-6)
@@ -236,12 +239,20 @@ def test_sample_without_jitter_is_exact():
   np.testing.assert_allclose(cam.fov_y, np.deg2rad(40.0), rtol=1e-6)
 
 
-def test_camera_config_from_config_roundtrip():
-  cfg = cameras.CameraConfig.from_config(cameras.default_config())
-  assert cfg == cameras.CameraConfig()
+def test_camera_config_typed_roundtrip():
+  preset = configuration.load("dreamfusion:toy").camera
+  cfg = configuration.typed(cameras.CameraConfig, preset, "camera")
+  assert cfg == scenes.camera_config(32)
   hash(cfg)  # usable as a static jit argument
-  cfg = cameras.CameraConfig.from_config(dict(elevation_range=[0, 30], height=16))
+  given = dict(preset.to_dict(), elevation_range=[0, 30], height=16)
+  cfg = configuration.typed(cameras.CameraConfig, given, "camera")
   assert cfg.elevation_range == (0.0, 30.0) and cfg.height == 16
+  assert all(isinstance(v, float) for v in cfg.elevation_range)
+  with pytest.raises(UserError, match="camera.elevation_rang"):
+    configuration.typed(cameras.CameraConfig, dict(given, elevation_rang=(0, 1)), "camera")
+  del given["fov_deg"]
+  with pytest.raises(UserError, match="camera.fov_deg.*missing"):
+    configuration.typed(cameras.CameraConfig, given, "camera")
 
 
 @pytest.mark.parametrize("n,elevation", [(4, 15.0), (7, -5.0), (12, 45.0)])

@@ -227,6 +227,30 @@ def test_cli_override_without_value(capsys, argv):
   assert "--config." in _one_error_line(capsys, argv)
 
 
+def test_method_and_config_resolve_to_one_system():
+  from jax3d.systems import registry  # pylint: disable=g-import-not-at-top
+  method, cfg = registry.resolve("sjc", None)  # --method alone: that method's default config
+  assert method == "sjc" and cfg.to_dict() == configuration.load(
+      registry.SYSTEMS["sjc"].config).to_dict()
+  assert registry.resolve(None, "sjc:sd")[0] == "sjc"  # the config's `method` picks the system
+  assert registry.resolve(None, None)[0] == "sds"
+  method, cfg = registry.resolve("sds", "dreamfusion:toy", ["num_steps=3"])
+  assert method == "sds" and cfg.num_steps == 3
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--method", "sjc", "--config", "dreamfusion:toy"],
+     "--method sjc contradicts config dreamfusion:toy"),
+    (["--method", "dreamtime"], "unknown method 'dreamtime'; choose one of sds, sjc"),
+    (["--config", "dreamfusion:toy", "--config.method=dreamtime"], "unknown method 'dreamtime'"),
+])
+def test_cli_method_errors(capsys, tmp_path, args, match):
+  workdir = tmp_path / "w"
+  assert match in _one_error_line(capsys, ["generate", "a red cube", "--workdir", str(workdir),
+                                           *args])
+  assert not workdir.exists()
+
+
 def test_cli_rejects_overrides_a_command_cannot_use(capsys, monkeypatch):
   calls = []
   fake = types.ModuleType("jax3d.bench")

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from jax3d import configuration
+from jax3d.errors import UserError
 from jax3d.priors import analytic
 from jax3d.systems import dreamfusion
+from jax3d.systems import registry
 from jax3d.train import sharding
 
 
@@ -30,9 +32,9 @@ def prior():
 
 
 def _run(prior, num_particles, devices, steps=2, particle_ids=None):
-  cfg = dreamfusion.SystemConfig.from_config("p", tiny_config(num_particles))
-  system = dreamfusion.DreamFusion(cfg, prior,
-                                   mesh=sharding.particle_mesh(num_particles, devices))
+  cfg = configuration.typed(dreamfusion.Config, tiny_config(num_particles))
+  system = dreamfusion.DreamFusion("p", cfg, prior,
+                                   mesh=sharding.make_mesh(num_particles, devices))
   state = system.init(jax.random.key(0), particle_ids)
   for i in range(steps):
     state, metrics = system.train_step(state, jax.random.fold_in(jax.random.key(1), i))
@@ -47,10 +49,10 @@ def four_sharded(prior):
 
 def test_state_is_sharded_over_particles(four_sharded):
   _, state, metrics = four_sharded
-  table = state["params"]["encoding"]
+  table = state.particles["params"]["encoding"]
   assert table.shape[0] == 4
   assert len(table.sharding.device_set) == 4
-  assert table.sharding.spec[0] == sharding.AXIS
+  assert table.sharding.spec[0] == sharding.PARTICLES
   assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
@@ -59,7 +61,7 @@ def test_four_devices_match_one_device(prior, four_sharded):
   _, single, _ = _run(prior, 4, jax.devices()[:1])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
                                                        rtol=1e-5, atol=1e-5),
-               sharded["params"], single["params"])
+               sharded.particles["params"], single.particles["params"])
 
 
 def test_one_particle_equals_a_single_particle_run(prior, four_sharded):
@@ -67,23 +69,28 @@ def test_one_particle_equals_a_single_particle_run(prior, four_sharded):
   _, alone, _ = _run(prior, 1, jax.devices()[:1], particle_ids=[2])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[2], np.asarray(b)[0],
                                                        rtol=1e-5, atol=1e-5),
-               population["params"], alone["params"])
+               population.particles["params"], alone.particles["params"])
 
 
 def test_particles_differ_and_training_moves_them(prior, four_sharded):
   system, state, _ = four_sharded
   init = system.init(jax.random.key(0))
-  moved = np.abs(np.asarray(state["params"]["mlp"][0]["w"]) -
-                 np.asarray(init["params"]["mlp"][0]["w"])).max()
+  moved = np.abs(np.asarray(state.particles["params"]["mlp"][0]["w"]) -
+                 np.asarray(init.particles["params"]["mlp"][0]["w"])).max()
   assert moved > 0
-  w = np.asarray(state["params"]["mlp"][0]["w"])
+  w = np.asarray(state.particles["params"]["mlp"][0]["w"])
   assert not np.allclose(w[0], w[1])
 
 
-def test_uneven_particles_are_a_user_error():
-  from jax3d.errors import UserError
-  with pytest.raises(UserError, match="multiple of 4"):
-    sharding.particle_mesh(6, jax.devices())
+def test_uneven_particles_share_devices_over_a_views_axis():
+  """P particles on D devices: a (gcd(P, D), D / gcd(P, D)) mesh of particles x views."""
+  devices = jax.devices()
+  assert dict(sharding.make_mesh(6, devices).shape) == {"particles": 2, "views": 2}
+  assert dict(sharding.make_mesh(1, devices).shape) == {"particles": 1, "views": 4}
+  assert dict(sharding.make_mesh(4, devices).shape) == {"particles": 4, "views": 1}
+  assert dict(sharding.make_mesh(3, devices[:1]).shape) == {"particles": 1, "views": 1}
+  with pytest.raises(UserError, match="--particles must be >= 1"):
+    sharding.make_mesh(0, devices)
 
 
 def test_view_guidance_reaches_the_step():
@@ -95,10 +102,10 @@ def test_view_guidance_reaches_the_step():
   def step(view_scale):
     c = tiny_config(1)
     c.guidance.view_scale = view_scale
-    system = dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config("p", c), prior,
-                                     mesh=sharding.particle_mesh(1, jax.devices()[:1]))
+    system = dreamfusion.DreamFusion("p", configuration.typed(dreamfusion.Config, c), prior,
+                                     mesh=sharding.make_mesh(1, jax.devices()[:1]))
     state, _ = system.train_step(system.init(jax.random.key(0)), jax.random.key(1))
-    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(state["params"])])
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.particles["params"])])
 
   off = step(0.0)
   np.testing.assert_allclose(step(100.0), off, rtol=1e-4, atol=1e-6)
@@ -106,17 +113,17 @@ def test_view_guidance_reaches_the_step():
 
 
 def test_auto_view_labels_are_the_priors_and_the_config_names_the_prior():
-  from jax3d.errors import UserError  # pylint: disable=g-import-not-at-top
   from jax3d.train import runner  # pylint: disable=g-import-not-at-top
   images = np.zeros((2, 8, 8, 3), np.float32)
   azimuth_prior = analytic.analytic_prior(images, lambda p: np.ones(2, bool),
                                           view_schemes=("azimuth",))
   c = tiny_config(1)
   assert c.guidance.view_labels == "auto"
-  system = runner.make_system("sds", "p", c, azimuth_prior)
-  assert system.cfg.view_scheme == "azimuth" and system.conds["views"].shape[0] == 12
+  system = registry.make_system("sds", "p", c, azimuth_prior)
+  assert system.view_scheme == "azimuth" and system.conds["views"].shape[0] == 12
   assert c.guidance.view_labels == "auto"  # the caller's config is left as it was
-  assert runner.make_system("sds", "p", c, prior_of_images(images)).cfg.view_scheme == (
+  assert system.config.guidance.view_labels == "auto"
+  assert registry.make_system("sds", "p", c, prior_of_images(images)).view_scheme == (
       "dreamfusion")
   assert runner.resolve_prior(None, c) == "solids-azimuth"  # the toy presets' default
   assert runner.resolve_prior("analytic", c) == "analytic"

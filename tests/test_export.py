@@ -207,7 +207,7 @@ def test_turntable_frames_in_order():
 def test_video_files_round_trip(tmp_path):
   n, h, w = 6, 30, 43  # odd width: padded to 44 in the mp4
   frames = video.turntable_frames(azimuth_render, n, height=h, width=w)
-  paths = video.write_video(frames, tmp_path / "out", stem="spin", fps=12)
+  paths = video.write_video(frames, tmp_path / "out", stem="spin", fps=12.0)  # export.video_fps
   assert paths == {"mp4": str(tmp_path / "out" / "spin.mp4"),
                    "gif": str(tmp_path / "out" / "spin.gif")}
   reader = imageio.get_reader(paths["mp4"], format="FFMPEG")

@@ -14,6 +14,12 @@ from jax3d.guidance import timesteps as ts
 from jax3d.priors import analytic
 
 
+def timestep_config(**kwargs):
+  """DreamFusion's schedule: t ~ U[0.02, 0.98], no annealing, w(t) = 1 − ᾱ_t; with `kwargs`."""
+  return ts.TimestepConfig(**{**dict(t_min=0.02, t_max=0.98, t_max_end=None, anneal_steps=0,
+                                     weighting="dreamfusion"), **kwargs})
+
+
 def _prior(images):
   names = [f"p{i}" for i in range(images.shape[0])]
   return analytic.analytic_prior(images, lambda p: np.array([p == n for n in names]))
@@ -75,7 +81,7 @@ def test_sds_on_a_free_image_converges_to_the_single_image():
   target = np.random.default_rng(5).uniform(size=(1, 8, 8, 3)).astype(np.float32)
   prior = _prior(target)
   cond, uncond = prior.embed(["p0"]), prior.uncond(1)
-  cfg = ts.TimestepConfig()
+  cfg = timestep_config()
   tx = optax.adam(0.05)
   image = jnp.full((1, 8, 8, 3), 0.5)
   opt = tx.init(image)
@@ -95,7 +101,7 @@ def test_sds_on_a_free_image_converges_to_the_single_image():
 
 
 def test_timesteps_range_and_annealing():
-  cfg = ts.TimestepConfig(t_min=0.02, t_max=0.98, t_max_end=0.5, anneal_steps=100)
+  cfg = timestep_config(t_min=0.02, t_max=0.98, t_max_end=0.5, anneal_steps=100)
   early = ts.sample(jax.random.key(0), cfg, 1000, (4000,), step=0)
   late = ts.sample(jax.random.key(0), cfg, 1000, (4000,), step=100)
   assert int(early.min()) >= 20 and int(early.max()) <= 980 and int(early.max()) > 950
@@ -117,7 +123,7 @@ def test_weightings_closed_forms():
                                  dict(weighting="nope"), dict(t_max_end=0.0)])
 def test_bad_timestep_configs_are_user_errors(bad):
   with pytest.raises(UserError):
-    ts.TimestepConfig(**bad).validate()
+    timestep_config(**bad)
 
 
 def test_view_guidance_is_nested_cfg():

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax3d import configuration
 from jax3d.errors import UserError
 from jax3d.fields import hashgrid
 
@@ -17,6 +18,12 @@ from jax3d.fields import hashgrid
 # indexed directly, levels 2 and 3 (4913 and 35937 vertices) are hashed.
 CFG = hashgrid.HashGridConfig(num_levels=4, features_per_level=2, log2_table_size=10,
                               base_resolution=4, max_resolution=32)
+
+
+def preset_grid(preset):
+  """The hash grid of a dreamfusion preset's field."""
+  c = configuration.load(f"dreamfusion:{preset}")
+  return configuration.typed(hashgrid.HashGridConfig, c.field.hashgrid, "field.hashgrid")
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +67,14 @@ def reference_encode(table: np.ndarray, x: np.ndarray, cfg) -> np.ndarray:
 
 def test_level_resolutions_geometric():
   assert hashgrid.level_resolutions(CFG) == (4, 8, 16, 32)
-  sd = hashgrid.HashGridConfig()
+  sd = preset_grid("sd")  # the paper's: L 16, F 2, T 2^19, N 16..2048
   res = hashgrid.level_resolutions(sd)
   b = math.exp((math.log(2048) - math.log(16)) / 15)
   assert res[0] == 16 and res[-1] == 2048
   assert res == tuple(math.floor(16 * b**l + 1e-6) for l in range(16))
   assert hashgrid.dense_levels(CFG) == (True, True, False, False)
   assert hashgrid.output_dim(sd) == 32
-  toy = hashgrid.HashGridConfig.preset("toy")
+  toy = preset_grid("toy")
   assert toy.log2_table_size < sd.log2_table_size and toy.max_resolution < sd.max_resolution
 
 
@@ -155,6 +162,13 @@ def test_encoding_continuous_across_cell_boundaries(table):
 
 def test_bad_config_is_user_error():
   with pytest.raises(UserError):
-    hashgrid.HashGridConfig(base_resolution=64, max_resolution=32)
-  with pytest.raises(UserError):
-    hashgrid.HashGridConfig.preset("huge")
+    hashgrid.HashGridConfig(num_levels=4, features_per_level=2, log2_table_size=10,
+                            base_resolution=64, max_resolution=32)
+  given = dict(num_levels=4, features_per_level=2, log2_table_size=10, base_resolution=4,
+               max_resolution=32)
+  assert configuration.typed(hashgrid.HashGridConfig, given) == CFG
+  with pytest.raises(UserError, match="field.hashgrid.num_levels.*integer"):
+    configuration.typed(hashgrid.HashGridConfig, dict(given, num_levels=4.5), "field.hashgrid")
+  with pytest.raises(UserError, match="field.hashgrid: .*max_resolution"):
+    configuration.typed(hashgrid.HashGridConfig, dict(given, base_resolution=64),
+                        "field.hashgrid")

@@ -1,4 +1,5 @@
-"""Tests for jax3d.fields.nerf: blob, activations, normals, shading, regularisers, gradients."""
+"""Tests for jax3d.fields.nerf: blob, activations, normals, gradients; and the shading modes
+(render.shading) and regularisers (guidance.regularizers) applied to its outputs."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax3d import configuration
 from jax3d.errors import UserError
 from jax3d.fields import hashgrid
 from jax3d.fields import nerf
+from jax3d.guidance import regularizers
+from jax3d.render import shading
 
 GRID = hashgrid.HashGridConfig(num_levels=4, features_per_level=2, log2_table_size=10,
                                base_resolution=4, max_resolution=32)
-CFG = nerf.NeRFConfig(hashgrid=GRID, bound=1.0, hidden_dim=16, num_hidden_layers=1,
-                      blob_density=5.0, blob_radius=0.3)
+CFG = nerf.NeRFConfig(hashgrid=GRID, bound=1.0, radius=0.0, hidden_dim=16,
+                      num_hidden_layers=1, density_activation="softplus", blob_kind="gaussian",
+                      blob_density=5.0, blob_radius=0.3, normal_method="finite_difference",
+                      normal_eps=1e-2)
 # Shared jitted entry points (cfg static) so each config compiles once per module.
 QUERY = jax.jit(nerf.query, static_argnums=(2,), static_argnames=("with_normals",))
 DENSITY = jax.jit(nerf.density, static_argnums=(2,))
@@ -100,19 +106,19 @@ def test_shade_modes_with_traced_index():
   normal = jnp.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
   light = jnp.array([0.0, 0.6, 0.8])
   ambient = 0.2
-  shade = jax.jit(nerf.shade)
+  shade = jax.jit(shading.shade)
   lam = ambient + (1 - ambient) * np.maximum(np.array([0.8, 0.6]), 0)
   want = {"albedo": np.asarray(albedo), "lambertian": np.asarray(albedo) * lam[:, None],
           "textureless": np.ones((2, 3)) * lam[:, None]}
   for name, expected in want.items():
-    got = shade(albedo, normal, light, jnp.int32(nerf.shading_index(name)), ambient)
+    got = shade(albedo, normal, light, jnp.int32(shading.shading_index(name)), ambient)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
   # Back-facing normals get only the ambient term; the light direction is normalised.
   back = shade(albedo, -normal, 5.0 * light, jnp.int32(1), ambient)
   np.testing.assert_allclose(back, ambient * np.asarray(albedo), rtol=1e-6)
-  assert nerf.SHADING_MODES == ("albedo", "lambertian", "textureless")
+  assert shading.SHADING_MODES == ("albedo", "lambertian", "textureless")
   with pytest.raises(UserError):
-    nerf.shading_index("phong")
+    shading.shading_index("phong")
 
 
 def test_orientation_loss_hand_computed():
@@ -120,28 +126,29 @@ def test_orientation_loss_hand_computed():
   normals = jnp.array([[[0.0, 0.0, 1.0], [0.0, 0.6, -0.8], [1.0, 0.0, 0.0]]])
   weights = jnp.array([[0.5, 0.25, 0.25]])
   # Only the second normal faces away (n·d = 0.8): 0.25 · 0.8² = 0.16.
-  np.testing.assert_allclose(nerf.orientation_loss(weights, normals, d), 0.16, rtol=1e-6)
+  np.testing.assert_allclose(regularizers.orientation_loss(weights, normals, d), 0.16, rtol=1e-6)
   per_sample = jnp.broadcast_to(d[:, None, :], normals.shape)
-  np.testing.assert_allclose(nerf.orientation_loss(weights, normals, per_sample), 0.16,
+  np.testing.assert_allclose(regularizers.orientation_loss(weights, normals, per_sample), 0.16,
                              rtol=1e-6)
-  two_rays = nerf.orientation_loss(jnp.concatenate([weights, weights]),
+  two_rays = regularizers.orientation_loss(jnp.concatenate([weights, weights]),
                                    jnp.concatenate([normals, -normals]), jnp.concatenate([d, d]))
   # The flipped ray: first normal faces away (n·d = 1), weight 0.5 → 0.5; mean (0.16+0.5)/2.
   np.testing.assert_allclose(two_rays, 0.33, rtol=1e-6)
-  gw = jax.grad(lambda w: nerf.orientation_loss(w, normals, d))(weights)
+  gw = jax.grad(lambda w: regularizers.orientation_loss(w, normals, d))(weights)
   np.testing.assert_array_equal(gw, 0.0)
-  gw = jax.grad(lambda w: nerf.orientation_loss(w, normals, d, stop_weight_gradient=False))(
+  gw = jax.grad(lambda w: regularizers.orientation_loss(w, normals, d, stop_weight_gradient=False))(
       weights)
   np.testing.assert_allclose(gw, [[0.0, 0.64, 0.0]], atol=1e-6)
 
 
 def test_opacity_losses():
   o = jnp.array([0.0, 0.5, 1.0, 0.25])
-  np.testing.assert_allclose(nerf.opacity_loss(o), 0.4375, rtol=1e-6)
+  np.testing.assert_allclose(regularizers.opacity_loss(o), 0.4375, rtol=1e-6)
   h = lambda p: -p * np.log2(p) - (1 - p) * np.log2(1 - p)
-  np.testing.assert_allclose(nerf.opacity_loss(o, "entropy"), (1.0 + h(0.25)) / 4, atol=1e-3)
+  np.testing.assert_allclose(regularizers.opacity_loss(o, "entropy"), (1.0 + h(0.25)) / 4,
+                             atol=1e-3)
   with pytest.raises(UserError):
-    nerf.opacity_loss(o, "l2")
+    regularizers.opacity_loss(o, "l2")
 
 
 def test_gradients_match_finite_differences(params):
@@ -174,15 +181,21 @@ def test_gradients_match_finite_differences(params):
   assert checked == 10  # table + 2 layers x (w, b)
 
 
-def test_config_from_dict_and_errors():
-  cfg = nerf.NeRFConfig.from_config({"hashgrid": "toy", "bound": 1.5, "hidden_dim": 32})
-  assert cfg.hashgrid == hashgrid.HashGridConfig.preset("toy") and cfg.bound == 1.5
-  cfg = nerf.NeRFConfig.from_config({"hashgrid": {"num_levels": 2, "log2_table_size": 8}})
-  assert cfg.hashgrid.num_levels == 2
+def test_config_typed_from_a_preset_and_errors():
+  toy = configuration.load("dreamfusion:toy").field
+  cfg = configuration.typed(nerf.NeRFConfig, dict(toy.to_dict(), bound=1.5), "field")
+  assert cfg.hashgrid == configuration.typed(hashgrid.HashGridConfig, toy.hashgrid)
+  assert cfg.bound == 1.5 and isinstance(cfg.hashgrid, hashgrid.HashGridConfig)
+  grid = dict(toy.hashgrid.to_dict(), num_levels=2, log2_table_size=8)
+  cfg = configuration.typed(nerf.NeRFConfig, dict(toy.to_dict(), hashgrid=grid), "field")
+  assert cfg.hashgrid.num_levels == 2 and cfg.hashgrid.log2_table_size == 8
   hash(cfg)  # usable as a static jit argument
   with pytest.raises(UserError):
-    nerf.NeRFConfig(density_activation="relu")
+    dataclasses.replace(CFG, density_activation="relu")
   with pytest.raises(UserError):
-    nerf.NeRFConfig(normal_method="sobel")
-  with pytest.raises(UserError):
-    nerf.NeRFConfig.from_config({"blob_strength": 3.0})
+    dataclasses.replace(CFG, normal_method="sobel")
+  with pytest.raises(UserError, match="unknown config key 'field.blob_strength'"):
+    configuration.typed(nerf.NeRFConfig, dict(toy.to_dict(), blob_strength=3.0), "field")
+  del grid["max_resolution"]
+  with pytest.raises(UserError, match="'field.hashgrid.max_resolution' is missing"):
+    configuration.typed(nerf.NeRFConfig, dict(toy.to_dict(), hashgrid=grid), "field")

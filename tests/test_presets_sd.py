@@ -45,7 +45,7 @@ def test_sds_sd_preset_runs_on_a_latent_pipeline(sd_dir, tmp_path):
       "field.hashgrid.log2_table_size=12", "field.hashgrid.max_resolution=64",
       "render.num_samples=16"])
   workdir = str(tmp_path / "sds")
-  summary = runner.generate("a red cube", workdir, "sds", sd_dir, cfg, enable_bar=False)
+  summary = runner.generate("a red cube", workdir, cfg, sd_dir, enable_bar=False)
   _check_outputs(workdir, summary)
 
 
@@ -56,5 +56,5 @@ def test_sjc_sd_preset_renders_latents_and_decodes_them(sd_dir, tmp_path):
       *(f"{k}={v}" for k, v in SMALL.items()), f"camera.height={latent_hw}",
       f"camera.width={latent_hw}", "field.voxel.resolution=16", "render.num_samples=16"])
   workdir = str(tmp_path / "sjc")
-  summary = runner.generate("a red cube", workdir, "sjc", sd_dir, cfg, enable_bar=False)
+  summary = runner.generate("a red cube", workdir, cfg, sd_dir, enable_bar=False)
   _check_outputs(workdir, summary)

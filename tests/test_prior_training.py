@@ -78,11 +78,12 @@ def test_a_prior_trained_with_azimuth_labels_declares_them(trained, tmp_path):
   system_cfg.camera.height = system_cfg.camera.width = 16
   system_cfg.guidance.view_labels = "azimuth"
   system = dreamfusion.DreamFusion(
-      dreamfusion.SystemConfig.from_config("a red cube", system_cfg), prior)
-  assert system.conds["views"].shape[0] == 12
+      "a red cube", configuration.typed(dreamfusion.Config, system_cfg), prior)
+  assert system.view_scheme == "azimuth" and system.conds["views"].shape[0] == 12
   system_cfg.guidance.view_labels = "dreamfusion"
   with pytest.raises(UserError, match="trained with view labels azimuth"):
-    dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config("a red cube", system_cfg), prior)
+    dreamfusion.DreamFusion("a red cube", configuration.typed(dreamfusion.Config, system_cfg),
+                            prior)
 
 
 @pytest.mark.parametrize("scheme", ["dreamfusion", "azimuth"])
@@ -175,7 +176,7 @@ def test_fine_tuning_starts_from_the_shipped_weights():
   from jax3d.errors import UserError  # pylint: disable=g-import-not-at-top
   from jax3d.priors import solids_model  # pylint: disable=g-import-not-at-top
   cfg = configuration.load("solids_prior")
-  nets = solids_model.build(solids_model.ModelConfig.from_config(cfg.model))
+  nets = solids_model.build(configuration.typed(solids_model.ModelConfig, cfg.model, "model"))
   init = solids_model.init_params(nets, jax.random.key(0))
   params = prior_train.params_from_folder(init, "solids")
   shipped = registry.load_prior("solids")
@@ -186,7 +187,8 @@ def test_fine_tuning_starts_from_the_shipped_weights():
   got = solids_model.encode_text(nets, params["text"], jnp.asarray(tokens))
   np.testing.assert_allclose(np.asarray(got), np.asarray(shipped.embed(prompts)), atol=1e-5)
   with pytest.raises(UserError, match="shapes config.model builds"):
-    tiny_nets = solids_model.build(solids_model.ModelConfig.from_config(tiny().model))
+    tiny_nets = solids_model.build(
+        configuration.typed(solids_model.ModelConfig, tiny().model, "model"))
     prior_train.params_from_folder(solids_model.init_params(tiny_nets, jax.random.key(0)),
                                    "solids")
 

@@ -163,8 +163,7 @@ def test_solids_set_matches_direct_renders(solids):
   data, prior = solids
   n = len(scenes.SOLIDS) * len(scenes.COLOURS) * M
   assert data["image"].shape == (n, 32, 32, 3) and prior.latent_shape == (32, 32, 3)
-  cams = cameras.sample(jax.random.key(7), len(scenes.SOLIDS) * M,
-                        cameras.CameraConfig(height=32, width=32))
+  cams = cameras.sample(jax.random.key(7), len(scenes.SOLIDS) * M, scenes.camera_config(32))
   for solid, colour, view in [("cube", "yellow", 3), ("torus", "purple", 0),
                               ("cone", "red", 2)]:
     s, c = scenes.SOLIDS.index(solid), scenes.COLOURS.index(colour)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import tiny_pipeline as tp
+from jax3d.systems import registry
 from jax3d.train import loop
+from jax3d.train import runner
 from jax3d.train.checkpoint import Checkpointer
 
 # A run small enough for a test: 8x8 renders, a 2-level grid, tiny exports.
@@ -98,7 +100,7 @@ def test_generate_writes_outputs_and_resumes_bit_identically_after_sigkill(prior
   (s1, a), (s2, b) = _final_params(ref), _final_params(work)
   assert s1 == s2 == 6
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
-               a["params"], b["params"])
+               a["particles"]["params"], b["particles"]["params"])
 
 
 def test_non_finite_loss_stops_before_checkpointing(tmp_path):
@@ -132,7 +134,7 @@ def _assert_user_error(r, workdir, needle):
     (["a pink elephant", "--prior", "analytic"], "not a solids prompt"),
     (["a red cube", "--prior", "analytic", "--config.nope=1"], "unknown config key"),
     (["a red cube", "--prior", "analytic", "--config.num_steps=abc"], "must be a number"),
-    (["a red cube", "--method", "dreamtime"], "unknown method"),
+    (["a red cube", "--method", "dreamtime"], "unknown method 'dreamtime'; choose one of sds, sjc"),
     (["a red cube", "--prior", "/no/such/folder"], "/no/such/folder"),
     (["a red cube", "--method", "sjc", "--prior", "analytic",
       "--config.guidance.num_perturbations=0"], "num_perturbations (K) must be >= 1"),
@@ -157,11 +159,31 @@ def test_generate_bad_inputs(args, needle, tmp_path):
                      needle)
 
 
-def test_generate_refuses_uneven_particles_unwritable_and_other_runs(prior_dir, tmp_path):
+def test_generate_runs_uneven_particles_over_a_views_axis(prior_dir, tmp_path):
+  """6 particles on 4 devices train on a (2, 2) particles x views mesh (`--particles 6`)."""
+  overrides = [a[len("--config."):] for a in TINY] + ["num_steps=2"]
+  method, cfg = registry.resolve(None, None, overrides)
+  cfg.num_particles = 6
   workdir = str(tmp_path / "w")
-  r = _run("generate", "a red cube", "--prior", prior_dir, "--particles", "6", *TINY,
-           "--workdir", workdir, cwd=tmp_path)
-  _assert_user_error(r, workdir, "multiple of 4")
+  summary = runner.generate("a red cube", workdir, cfg, prior_dir, stop_after=1,
+                            enable_bar=False)
+  assert method == "sds" and summary["num_particles"] == 6 and summary["steps"] == 1
+  assert all(np.isfinite(v) for v in summary["final_metrics"].values())
+  step, state = _final_params(workdir)
+  assert step == 1 and state["particles"]["params"]["encoding"].shape[0] == 6
+
+
+def test_particles_flag_sets_the_population(prior_dir, tmp_path, capsys):
+  from jax3d import cli  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "w"
+  assert cli.main(["generate", "a red cube", "--prior", prior_dir, "--particles", "0", *TINY,
+                   "--workdir", str(workdir)]) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and "num_particles must be >= 1, got 0" in lines[0], lines
+  assert not workdir.exists()
+
+
+def test_generate_refuses_unwritable_and_other_runs(prior_dir, tmp_path):
   r = _run("generate", "a red cube", "--prior", prior_dir, "--workdir", "/proc/jax3d/w",
            cwd=tmp_path)
   _assert_user_error(r, None, "cannot write")

@@ -7,8 +7,9 @@ import pytest
 
 from jax3d import cameras
 from jax3d import configuration
-from jax3d.fields import nerf
+from jax3d.fields import normals as normals_lib
 from jax3d.priors import analytic
+from jax3d.render import shading
 from jax3d.render import volume
 from jax3d.solids import render as solids_render
 from jax3d.systems import dreamfusion
@@ -25,7 +26,7 @@ def test_surface_normals_of_a_ball_are_radial():
   dirs = jax.random.normal(jax.random.key(0), (64, 3))
   dirs = dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
   points = RADIUS * dirs
-  n = volume.surface_normals(lambda x: sphere_density(x, sharpness=20.0), points, 1e-2)
+  n = normals_lib.central_difference(lambda x: sphere_density(x, sharpness=20.0), points, 1e-2)
   np.testing.assert_allclose(np.asarray(n), np.asarray(dirs), atol=2e-3)
 
 
@@ -35,7 +36,7 @@ def test_shade_composite_closed_forms(mode):
   opacity = jnp.array([0.5, 0.5])
   normal = jnp.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
   light = jnp.array([[0.0, 0.6, 0.8], [-1.0, 0.0, 0.0]])  # n·l = 0.8 and -1 (unlit)
-  got = nerf.shade_composite(color, opacity, normal, light, mode, 0.35)
+  got = shading.shade_composite(color, opacity, normal, light, mode, 0.35)
   lambert = np.array([0.35 + 0.65 * 0.8, 0.35])[:, None]
   want = {0: np.asarray(color), 1: np.asarray(color) * lambert,
           2: 0.5 * np.ones((2, 3)) * lambert}[mode]
@@ -55,14 +56,20 @@ def test_deferred_shading_of_a_ball_matches_the_sphere_tracer():
   def field(points, dirs):
     del dirs
     sigma = sphere_density(points)
-    return {"density": sigma, "rgb": jnp.broadcast_to(red, points.shape)}
-  cfg = volume.RenderConfig(num_samples=512, stratified=False)
+    return {"density": sigma, "color": jnp.broadcast_to(red, points.shape)}
+  cfg = volume.RenderConfig(num_samples=512, bound=1.0, stratified=False, min_near=0.0)
   out = volume.render_image(field, cam, None, cfg)
   o, d = cameras.rays(cam)
   x_s = o + d * out["depth"][..., None]
-  normal = volume.surface_normals(sphere_density, x_s, 1e-2)
-  rgb = nerf.shade_composite(out["rgb"], out["opacity"], normal, cam.position - x_s, 1, 0.35)
+  normal = normals_lib.central_difference(sphere_density, x_s, 1e-2)
+  rgb = shading.shade_composite(out["color"], out["opacity"], normal, cam.position - x_s, 1,
+                                0.35)
   rgb = rgb + (1.0 - out["opacity"])[..., None]
+  # `shading.deferred` is these steps in one call (white background, light at the camera).
+  deferred, deferred_normal = shading.deferred(out, o, d, sphere_density, 1e-2, jnp.ones(3),
+                                               cam.position, 1, 0.35)
+  np.testing.assert_allclose(np.asarray(deferred), np.asarray(rgb), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(deferred_normal), np.asarray(normal), atol=1e-6)
   err = np.abs(np.asarray(rgb) - np.asarray(truth)).max(-1)
   # Pixels at the silhouette differ by anti-aliasing (4x supersampling vs a soft volume edge);
   # compare those whose 3x3 neighbourhood is wholly inside or outside the traced silhouette.
@@ -81,7 +88,7 @@ def test_gradient_through_deferred_shading_matches_finite_differences():
   cam = jax.tree.map(lambda x: x[0], cam)
   o, d = cameras.rays(cam)
   o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-  cfg = volume.RenderConfig(num_samples=128, stratified=False)
+  cfg = volume.RenderConfig(num_samples=128, bound=1.0, stratified=False, min_near=0.0)
   weights = jax.random.uniform(jax.random.key(3), (o.shape[0], 3))
 
   def image_loss(radius):
@@ -89,12 +96,12 @@ def test_gradient_through_deferred_shading_matches_finite_differences():
 
     def field(points, dirs):
       del dirs
-      return {"density": density(points), "rgb": jnp.full(points.shape, 0.7)}
+      return {"density": density(points), "color": jnp.full(points.shape, 0.7)}
     out = volume.render_rays(field, o, d, None, cfg)
     x_s = o + d * out["depth"][:, None]
-    normal = volume.surface_normals(density, x_s, 2e-2)
-    rgb = nerf.shade_composite(out["rgb"], out["opacity"], normal,
-                               jnp.array([0.3, -2.0, 0.8]) - x_s, 1, 0.35)
+    normal = normals_lib.central_difference(density, x_s, 2e-2)
+    rgb = shading.shade_composite(out["color"], out["opacity"], normal,
+                                  jnp.array([0.3, -2.0, 0.8]) - x_s, 1, 0.35)
     return jnp.sum(weights * rgb)
 
   r, h = 0.45, 1e-3
@@ -114,13 +121,14 @@ def test_dreamfusion_trains_with_surface_shading():
   c.shading.normals = "surface"
   images = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
   prior = analytic.analytic_prior(images, lambda p: np.array([True, False]))
-  system = dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config("p", c), prior)
-  assert not dreamfusion.needs_normals(system.cfg)  # no per-sample (second-order) normals
+  system = dreamfusion.DreamFusion("p", configuration.typed(dreamfusion.Config, c), prior)
+  assert not dreamfusion.needs_normals(system.config)  # no per-sample (second-order) normals
   state = system.init(jax.random.key(0))
-  before = jax.tree.map(np.asarray, state["params"])
+  before = jax.tree.map(np.asarray, state.particles["params"])
   state, metrics = system.train_step(state, jax.random.key(1))
   assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
-  moved = jax.tree.map(lambda a, b: np.abs(a - np.asarray(b)).max(), before, state["params"])
+  moved = jax.tree.map(lambda a, b: np.abs(a - np.asarray(b)).max(), before,
+                       state.particles["params"])
   assert max(jax.tree.leaves(moved)) > 0
 
 
@@ -129,4 +137,4 @@ def test_unknown_shading_normals_is_a_user_error():
   c = configuration.load("dreamfusion:toy")
   c.shading.normals = "vertex"
   with pytest.raises(UserError, match="shading.normals"):
-    dreamfusion.SystemConfig.from_config("a red cube", c)
+    configuration.typed(dreamfusion.Config, c)

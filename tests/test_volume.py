@@ -15,6 +15,12 @@ SIGMA = 1.3
 COLOUR = jnp.array([0.2, 0.5, 0.9])
 
 
+def render_config(num_samples, stratified=True):
+  """Ray marching through the cube [-1, 1]^3 from the ray origin on."""
+  return volume.RenderConfig(num_samples=num_samples, bound=1.0, stratified=stratified,
+                             min_near=0.0)
+
+
 def constant_field(points, dirs):
   del dirs
   shape = points.shape[:-1]
@@ -61,7 +67,7 @@ def random_rays():
 @pytest.mark.parametrize("stratified", [False, True])
 def test_constant_density_matches_beer_lambert(random_rays, stratified):
   o, d = random_rays
-  cfg = volume.RenderConfig(num_samples=16, bound=1.0)
+  cfg = render_config(16)
   key = jax.random.PRNGKey(0) if stratified else None
   bg = jnp.array([1.0, 1.0, 0.0])
   out = jax.jit(lambda o, d, k: volume.render_rays(constant_field, o, d, k, cfg,
@@ -84,7 +90,7 @@ def test_constant_density_matches_beer_lambert(random_rays, stratified):
 
 def test_stratified_jitter_varies_and_eval_is_midpoints(random_rays):
   o, d = random_rays
-  cfg = volume.RenderConfig(num_samples=8)
+  cfg = render_config(8)
   t_eval = volume.render_rays(constant_field, o, d, None, cfg)["t"]
   t_a = volume.render_rays(constant_field, o, d, jax.random.PRNGKey(1), cfg)["t"]
   t_b = volume.render_rays(constant_field, o, d, jax.random.PRNGKey(2), cfg)["t"]
@@ -96,7 +102,7 @@ def test_stratified_jitter_varies_and_eval_is_midpoints(random_rays):
   # Each jittered sample stays within its bin.
   width = np.asarray(far - near)[:, None] / 8
   assert np.all(np.abs(np.asarray(t_a) - want) <= 0.5 * width + 1e-5)
-  no_jitter = volume.RenderConfig(num_samples=8, stratified=False)
+  no_jitter = render_config(8, stratified=False)
   np.testing.assert_allclose(
       volume.render_rays(constant_field, o, d, jax.random.PRNGKey(1), no_jitter)["t"], t_eval)
 
@@ -107,7 +113,7 @@ def test_halfspace_slab_transmittance_and_depth():
   yz = jnp.array([[0.0, 0.0], [0.3, -0.7], [0.9, 0.9]])
   o = jnp.concatenate([jnp.full((3, 1), -3.0), yz], axis=1)
   d = jnp.tile(jnp.array([[1.0, 0.0, 0.0]]), (3, 1))
-  out = volume.render_rays(halfspace_field, o, d, None, volume.RenderConfig(num_samples=32))
+  out = volume.render_rays(halfspace_field, o, d, None, render_config(32))
   np.testing.assert_allclose(out["opacity"], 1 - np.exp(-SIGMA * 1.0), rtol=1e-5)
   # Expected termination depth given termination in the slab, for samples at bin midpoints:
   # Σ_i t_i (e^{-σ(i)δ} − e^{-σ(i+1)δ}) / (1 − e^{-σ·1}), with 16 slab bins of width δ.
@@ -123,7 +129,7 @@ def test_hard_sphere_renders_tangent_cone_disc(centre):
   centre = np.array(centre)
   radius = 0.45
   camera = cameras.from_spherical(30.0, 20.0, 2.0, 40.0, 48, 48)
-  cfg = volume.RenderConfig(num_samples=128, bound=1.0)
+  cfg = render_config(128)
   out = jax.jit(lambda c: volume.render_image(sphere_field(jnp.asarray(centre), radius), c,
                                               None, cfg, chunk=1024))(camera)
   opacity = np.asarray(out["opacity"])
@@ -156,8 +162,9 @@ def test_hard_sphere_renders_tangent_cone_disc(centre):
 
 @pytest.fixture(scope="module")
 def tiny_voxel():
-  cfg = voxel.VoxelConfig(resolution=4, channels=3, bound=1.0, density_shift=0.0,
-                          feature_activation="sigmoid")
+  cfg = voxel.VoxelConfig(resolution=4, channels=3, bound=1.0, radius=0.0,
+                          density_shift=0.0, density_activation="softplus",
+                          feature_activation="sigmoid", feature_init_scale=1.0)
   params = voxel.init(jax.random.PRNGKey(3), cfg)
   params["density"] = jax.random.uniform(jax.random.PRNGKey(4), (4, 4, 4), minval=-1,
                                          maxval=2.0)
@@ -169,7 +176,7 @@ def test_gradients_match_finite_differences(tiny_voxel):
   camera = cameras.from_spherical(20.0, 15.0, 2.5, 40.0, 6, 6)
   o, d = cameras.rays(camera)
   o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-  rcfg = volume.RenderConfig(num_samples=16)
+  rcfg = render_config(16)
   coeff = jax.random.normal(jax.random.PRNGKey(5), (36, 3))
 
   def loss(p):
@@ -200,7 +207,7 @@ def test_chunked_render_equals_unchunked(tiny_voxel, stratified):
   field = lambda x, _: {"density": voxel.query(params, x, vcfg)["density"],
                         "rgb": voxel.query(params, x, vcfg)["features"]}
   camera = cameras.from_spherical(-60.0, 30.0, 2.2, 45.0, 9, 11)
-  cfg = volume.RenderConfig(num_samples=12)
+  cfg = render_config(12)
   key = jax.random.PRNGKey(7) if stratified else None
   bg = {"rgb": jnp.array([0.1, 0.2, 0.3])}
   chunked = volume.render_image(field, camera, key, cfg, background=bg, chunk=40)  # 99 rays

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax3d import configuration
 from jax3d.errors import UserError
 from jax3d.fields import voxel
 
-CFG = voxel.VoxelConfig(resolution=5, channels=3, bound=1.5, density_shift=-1.0)
+
+def config(**kwargs):
+  """A VoxelConfig: SJC's Stable Diffusion setting (R 100, C 4, shift −1) with `kwargs`."""
+  return voxel.VoxelConfig(**{**dict(resolution=100, channels=4, bound=1.0, radius=0.0,
+                                     density_shift=-1.0, density_activation="softplus",
+                                     feature_activation="identity", feature_init_scale=1.0),
+                              **kwargs})
+
+
+CFG = config(resolution=5, channels=3, bound=1.5, density_shift=-1.0)
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +62,15 @@ def softplus(v):
 
 
 def test_init_and_memory():
-  p = voxel.init(jax.random.PRNGKey(2), voxel.VoxelConfig())
+  sd = configuration.typed(voxel.VoxelConfig, configuration.load("sjc:sd").field.voxel)
+  assert sd == config()
+  p = voxel.init(jax.random.PRNGKey(2), sd)
   assert p["density"].shape == (100, 100, 100)
   assert p["features"].shape == (100, 100, 100, 4)
   assert float(jnp.max(jnp.abs(p["density"]))) == 0.0
   assert 0.9 < float(jnp.std(p["features"])) < 1.1
   # SJC's grid: 100^3 vertices x 5 channels x 4 bytes x (params + 2 Adam moments) = 60 MB.
-  assert voxel.memory_bytes(voxel.VoxelConfig()) == 60_000_000
+  assert voxel.memory_bytes(sd) == 60_000_000
   assert voxel.memory_bytes(CFG) == 3 * 4 * 125 * 4
 
 
@@ -82,15 +96,14 @@ def test_exact_at_vertices(params, query_fn):
 
 
 def test_activations():
-  cfg = voxel.VoxelConfig(resolution=2, channels=3, density_shift=0.5,
-                          density_activation="relu", feature_activation="sigmoid")
+  cfg = config(resolution=2, channels=3, density_shift=0.5, density_activation="relu",
+               feature_activation="sigmoid")
   p = {"density": jnp.full((2, 2, 2), -2.0), "features": jnp.zeros((2, 2, 2, 3))}
   out = voxel.query(p, jnp.zeros((1, 3)), cfg)
   np.testing.assert_allclose(out["density"], [0.0])
   np.testing.assert_allclose(out["features"], [[0.5, 0.5, 0.5]])
   p["density"] = jnp.full((2, 2, 2), 1.0)
-  exp_cfg = voxel.VoxelConfig(resolution=2, channels=3, density_shift=-1.0,
-                              density_activation="exp")
+  exp_cfg = config(resolution=2, channels=3, density_shift=-1.0, density_activation="exp")
   np.testing.assert_allclose(voxel.query(p, jnp.zeros((1, 3)), exp_cfg)["density"], [1.0],
                              rtol=1e-6)
 
@@ -112,8 +125,10 @@ def test_gradient_is_trilinear_weights(params):
 
 def test_bad_config_is_user_error():
   with pytest.raises(UserError):
-    voxel.VoxelConfig(resolution=1)
+    config(resolution=1)
   with pytest.raises(UserError):
-    voxel.VoxelConfig(feature_activation="tanh")
-  with pytest.raises(UserError):
-    voxel.VoxelConfig.from_config({"resolution": 8, "colour": 3})
+    config(feature_activation="tanh")
+  given = dataclasses.asdict(config(resolution=8))
+  assert configuration.typed(voxel.VoxelConfig, given) == config(resolution=8)
+  with pytest.raises(UserError, match="unknown config key 'field.voxel.colour'"):
+    configuration.typed(voxel.VoxelConfig, dict(given, colour=3), "field.voxel")

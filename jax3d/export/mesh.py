@@ -41,7 +41,9 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import trimesh
 
+from jax3d import cameras
 from jax3d.errors import UserError
+from jax3d.render import volume
 
 # Samples per ray across the bound's diagonal assumed when the renderer's step is not given.
 DEFAULT_NUM_SAMPLES = 128
@@ -315,11 +317,6 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
   return trimesh.load(os.fspath(path), force="mesh", process=False)
 
 
-__all__ = ["MeshData", "extract_mesh", "write_mesh", "load_mesh", "sample_density",
-           "evaluate_points", "choose_level", "alpha_level", "grid_points",
-           "DEFAULT_NUM_SAMPLES", "MIN_VISIBLE_OPACITY"]
-
-
 def level_matching_silhouettes(max_density: np.ndarray, target: np.ndarray) -> tuple[float, float]:
   """The density level L whose silhouettes best match target masks, and that IoU.
 
@@ -342,3 +339,37 @@ def level_matching_silhouettes(max_density: np.ndarray, target: np.ndarray) -> t
   k = int(np.argmax(iou))
   below = m_sorted[k + 1] if k + 1 < m.size else 0.0
   return float(0.5 * (m_sorted[k] + below)), float(iou[k])
+
+
+_apply = jax.jit(lambda fn, x: fn(x))  # `fn` is a jax.tree_util.Partial over the params.
+
+
+def level_matching_renders(render_opacity: Callable, density_fn: DensityFn, bound: float,
+                           size: int = 48, samples: int = 128) -> tuple[float, float]:
+  """(the iso-level whose silhouettes best match a field's rendered opacity, that IoU).
+
+  A robust rule for diffuse fields: a fixed density (or 'half-opaque per render step') level
+  keeps only the dense core of a fuzzy object or bloats a sharp one; matching what the
+  renderer shows from 8 views around the object (azimuths 0, 45, ..., elevation 15°, the
+  turntable's distance and fov) does neither. `render_opacity(camera)` -> (H, W) opacity;
+  `density_fn` a `jax.tree_util.Partial` (points (N, 3) -> (N,)).
+  """
+  cams = cameras.from_spherical(np.arange(8) * 45.0, np.full(8, 15.0), 2.0, 40.0, size, size)
+  maxima, targets = [], []
+  for v in range(8):
+    cam = jax.tree.map(lambda x, v=v: x[v], cams)
+    targets.append(np.asarray(render_opacity(cam)).ravel() > 0.5)
+    o, d = cameras.rays(cam)
+    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    near, far, hit = volume.intersect_box(o, d, bound)
+    frac = (jnp.arange(samples) + 0.5) / samples
+    t = near[:, None] + frac * (far - near)[:, None]
+    sigma = _apply(_as_partial(density_fn), o[:, None] + t[..., None] * d[:, None])
+    maxima.append(np.where(np.asarray(hit), np.asarray(sigma).max(-1), 0.0))
+  return level_matching_silhouettes(np.concatenate(maxima), np.concatenate(targets))
+
+
+__all__ = ["MeshData", "extract_mesh", "write_mesh", "load_mesh", "sample_density",
+           "evaluate_points", "choose_level", "alpha_level", "grid_points",
+           "level_matching_silhouettes", "level_matching_renders", "DEFAULT_NUM_SAMPLES",
+           "MIN_VISIBLE_OPACITY"]

@@ -14,7 +14,7 @@ The encoding is a pure function `encode(table, x, cfg)` of a parameter table of 
 
 All shapes are static, so `encode` jits and differentiates with respect to both the table and
 `x`. The lookup is one plain gather per feature over all levels at once, so the backward pass
-is F scatter-adds into the f32 table (see DESIGN.md on f32 scatter-add speed on GPU).
+is F scatter-adds into the f32 table (docs/architecture.md: f32 scatter-add speed on GPU).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from jax3d.errors import UserError
@@ -37,12 +36,12 @@ INIT_SCALE = 1e-4  # Table init: uniform in ±1e-4 (paper Sec. 4).
 
 @dataclasses.dataclass(frozen=True)
 class HashGridConfig:
-  """Hash-grid hyperparameters; the defaults are the paper's ("sd" scale)."""
-  num_levels: int = 16  # L
-  features_per_level: int = 2  # F
-  log2_table_size: int = 19  # log2 T, entries per level
-  base_resolution: int = 16  # N_min
-  max_resolution: int = 2048  # N_max
+  """Hash-grid hyperparameters (the paper's: L 16, F 2, T 2^19, N 16..2048)."""
+  num_levels: int  # L
+  features_per_level: int  # F
+  log2_table_size: int  # log2 T, entries per level
+  base_resolution: int  # N_min
+  max_resolution: int  # N_max
 
   def __post_init__(self):
     if self.num_levels < 1 or self.features_per_level < 1:
@@ -61,26 +60,6 @@ class HashGridConfig:
   @property
   def table_size(self) -> int:
     return 2**self.log2_table_size
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "HashGridConfig":
-    return cls(**{k: int(v) for k, v in dict(cfg).items()})
-
-  @classmethod
-  def preset(cls, name: str) -> "HashGridConfig":
-    """A named scale: 'sd' (the paper's) or 'toy' (small enough for CPU tests and demos)."""
-    if name not in PRESETS:
-      raise UserError(f"unknown hash grid preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
-
-
-# 'toy': 16 levels like the paper but 2^14 entries per level (2 MiB of f32 in all instead of
-# 64 MiB) and resolution up to 256 — ample for 32–128 px renders of the solids on a CPU.
-PRESETS = {
-    "sd": HashGridConfig(),
-    "toy": HashGridConfig(num_levels=16, features_per_level=2, log2_table_size=14,
-                          base_resolution=16, max_resolution=256),
-}
 
 
 def growth_factor(cfg: HashGridConfig) -> float:
@@ -178,5 +157,5 @@ def encode(table: jax.Array, x: jax.Array, cfg: HashGridConfig) -> jax.Array:
                    for f in range(features)], axis=-1)  # (L, N, F)
   return jnp.moveaxis(out, 0, 1).reshape(batch_shape + (num_levels * features,))
 
-__all__ = ["HashGridConfig", "PRESETS", "PRIMES", "level_resolutions", "dense_levels",
+__all__ = ["HashGridConfig", "PRIMES", "level_resolutions", "dense_levels",
            "growth_factor", "init", "encode", "output_dim"]

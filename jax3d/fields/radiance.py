@@ -3,8 +3,13 @@
 A `Field` turns params and world points into what the volume renderer and the systems need:
   density (...,), color (..., C) — RGB albedo in [0, 1] or a prior's latent channels —
   and, when asked, unit normals (..., 3) = −∇σ/|∇σ|.
+A field with `cfg.radius` > 0 has no density outside the ball |x| <= radius: the training
+cameras frame a ball of about distance·sin(fov/2) around the origin, and density farther out is
+seen by few views, in front of or behind the object, where a distillation loss cannot tell it
+from the object (docs/results.md, "Unseen geometry").
 `labels(params)` tags each leaf "grid" (hash tables, voxel values: the high learning rate) or
-"mlp" (the low one), which the systems' optimizers read.
+"mlp" (the low one), which the systems' optimizers read; `normal_eps` is the central-difference
+step of render normals and `bound` the half size of the scene cube the field fills.
 """
 
 from __future__ import annotations
@@ -14,13 +19,31 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jax3d.errors import UserError
 from jax3d.fields import nerf
 from jax3d.fields import voxel
 
 KINDS = ("nerf", "voxel")
+
+
+def in_ball(density: jax.Array, x: jax.Array, radius: float) -> jax.Array:
+  """`density` (...,) where |x| <= radius, 0 outside; unchanged for radius 0 (no ball)."""
+  if radius <= 0:
+    return density
+  return jnp.where(jnp.sum(x * x, axis=-1) <= radius**2, density, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldConfig:
+  """A choice of field: `kind` picks which of the two settings groups is used."""
+  kind: str  # one of KINDS
+  nerf: nerf.NeRFConfig
+  voxel: voxel.VoxelConfig
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise UserError(f"unknown field kind {self.kind!r}; choose one of {', '.join(KINDS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +57,22 @@ class NeRFField:
   def query(self, params, x: jax.Array, blob=1.0, with_normals: bool = False):
     q = nerf.query(params, x, self.cfg, blob, with_normals=with_normals)
     q["color"] = q.pop("albedo")
+    q["density"] = in_ball(q["density"], x, self.cfg.radius)
     return q
 
   def density(self, params, x: jax.Array, blob=1.0) -> jax.Array:
-    return nerf.density(params, x, self.cfg, blob)
+    return in_ball(nerf.density(params, x, self.cfg, blob), x, self.cfg.radius)
 
   def labels(self, params) -> Any:
     return {"encoding": "grid", "mlp": jax.tree.map(lambda _: "mlp", params["mlp"])}
+
+  @property
+  def normal_eps(self) -> float:
+    return self.cfg.normal_eps
+
+  @property
+  def bound(self) -> float:
+    return self.cfg.bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,40 +87,43 @@ class VoxelField:
     del blob
     if not with_normals:
       q = voxel.query(params, x, self.cfg)
-      return {"density": q["density"], "color": q["features"]}
+      return {"density": in_ball(q["density"], x, self.cfg.radius), "color": q["features"]}
     # Each point's outputs depend on that point alone, so one vjp gives every gradient.
     (sigma, color), vjp = jax.vjp(
         lambda p: tuple(voxel.query(params, p, self.cfg).values()), x)
     (grad,) = vjp((jnp.ones_like(sigma), jnp.zeros_like(color)))
     normal = -grad / jnp.maximum(jnp.linalg.norm(grad, axis=-1, keepdims=True), 1e-12)
-    return {"density": sigma, "color": color, "normal": normal}
+    return {"density": in_ball(sigma, x, self.cfg.radius), "color": color, "normal": normal}
 
   def density(self, params, x: jax.Array, blob=1.0) -> jax.Array:
     del blob
-    return voxel.query(params, x, self.cfg)["density"]
+    return in_ball(voxel.query(params, x, self.cfg)["density"], x, self.cfg.radius)
 
   def labels(self, params) -> Any:
     return jax.tree.map(lambda _: "grid", params)
+
+  @property
+  def normal_eps(self) -> float:
+    """One voxel."""
+    return 2.0 * self.cfg.bound / (self.cfg.resolution - 1)
+
+  @property
+  def bound(self) -> float:
+    return self.cfg.bound
 
 
 Field = NeRFField | VoxelField
 
 
-def from_config(c: ml_collections.ConfigDict, channels: int | None = None) -> Field:
-  """`c.kind` picks the field; `c.nerf` or `c.voxel` holds its settings.
-
-  `channels` (the voxel grid's C) defaults to the config's; systems pass the prior's channel
-  count when rendering latents.
-  """
-  kind = c.get("kind", "nerf")
-  if kind == "nerf":
-    return NeRFField(nerf.NeRFConfig.from_config(c.nerf))
-  if kind == "voxel":
-    vc = voxel.VoxelConfig.from_config(c.voxel)
-    if channels is not None and channels != vc.channels:
-      vc = dataclasses.replace(vc, channels=channels)
-    return VoxelField(vc)
-  raise UserError(f"unknown field kind {kind!r}; choose one of {', '.join(KINDS)}")
+def make(cfg: FieldConfig, channels: int | None = None) -> Field:
+  """The field `cfg.kind` picks; `channels` (the voxel grid's C) overrides the config's, for
+  systems that render a prior's latent channels."""
+  if cfg.kind == "nerf":
+    return NeRFField(cfg.nerf)
+  vc = cfg.voxel
+  if channels is not None and channels != vc.channels:
+    vc = dataclasses.replace(vc, channels=channels)
+  return VoxelField(vc)
 
 
-__all__ = ["Field", "NeRFField", "VoxelField", "from_config", "KINDS"]
+__all__ = ["Field", "FieldConfig", "NeRFField", "VoxelField", "make", "KINDS"]

@@ -24,7 +24,6 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from jax3d.errors import UserError
@@ -37,36 +36,29 @@ Params = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class VoxelConfig:
-  """Voxel-grid hyperparameters; defaults are SJC's Stable Diffusion setting."""
-  resolution: int = 100  # R vertices per axis
-  channels: int = 4  # C: 4 SD latent channels, or 3 for RGB
-  bound: float = 1.0
-  density_shift: float = -1.0  # added to the raw density before the activation
-  density_activation: str = "softplus"
-  feature_activation: str = "identity"  # "sigmoid" for RGB
-  feature_init_scale: float = 1.0
+  """Voxel-grid hyperparameters (SJC's Stable Diffusion setting: R 100, C 4, shift −1)."""
+  resolution: int  # R vertices per axis
+  channels: int  # C: 4 SD latent channels, or 3 for RGB
+  bound: float
+  radius: float  # > 0: no density outside the ball |x| <= radius (fields/radiance.py)
+  density_shift: float  # added to the raw density before the activation
+  density_activation: str  # one of DENSITY_ACTIVATIONS
+  feature_activation: str  # one of FEATURE_ACTIVATIONS; "sigmoid" for RGB
+  feature_init_scale: float
 
   def __post_init__(self):
     if self.resolution < 2 or self.channels < 1:
       raise UserError(f"voxel grid needs resolution >= 2 and channels >= 1, got "
                       f"{self.resolution} and {self.channels}")
-    if self.bound <= 0:
-      raise UserError(f"voxel bound must be positive, got {self.bound}")
+    if self.bound <= 0 or self.radius < 0:
+      raise UserError(f"voxel bound must be positive and radius >= 0, got {self.bound} and "
+                      f"{self.radius}")
     if self.density_activation not in DENSITY_ACTIVATIONS:
       raise UserError(f"unknown voxel density_activation {self.density_activation!r}; choose "
                       f"one of {', '.join(DENSITY_ACTIVATIONS)}")
     if self.feature_activation not in FEATURE_ACTIVATIONS:
       raise UserError(f"unknown voxel feature_activation {self.feature_activation!r}; choose "
                       f"one of {', '.join(FEATURE_ACTIVATIONS)}")
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "VoxelConfig":
-    d = dict(cfg)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise UserError(f"unknown voxel config keys {unknown}; known: {sorted(names)}")
-    return cls(**d)
 
 
 def num_params(cfg: VoxelConfig) -> int:

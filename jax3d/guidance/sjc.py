@@ -33,13 +33,14 @@ from jax3d.priors.base import Prior
 
 @dataclasses.dataclass(frozen=True)
 class PAASConfig:
-  num_perturbations: int = 1  # K; the official SD setting is 1
-  guidance_scale: float = 100.0  # the official code's CFG scale
+  """PAAS settings; the official ones: K 1 (SD), CFG 100, trims 30 and 10, `var_red` on."""
+  num_perturbations: int  # K
+  scale: float  # classifier-free guidance
   # View guidance (`Prior.eps`): the scale of the view words' own direction; 0 = off.
-  view_scale: float = 0.0
-  trim_low: int = 30  # drop the smallest σ's of the schedule
-  trim_high: int = 10  # and the largest
-  variance_reduction: bool = True  # numerator D − x (True) or D − z
+  view_scale: float
+  trim_low: int  # drop the smallest σ's of the schedule
+  trim_high: int  # and the largest
+  variance_reduction: bool  # numerator D − x (True) or D − z
 
   def validate(self, num_train_timesteps: int) -> None:
     if self.num_perturbations < 1:
@@ -98,7 +99,7 @@ def paas(prior: Prior, prior_params: Any, key: jax.Array, x: jax.Array, t: jax.A
   noise = jax.random.normal(key, (cfg.num_perturbations,) + x.shape, x.dtype)
   z = x[None] + sigma[None] * noise
   d = jax.vmap(lambda zk: denoise(prior, prior_params, zk, t, cond, uncond,
-                                  cfg.guidance_scale, plain, cfg.view_scale))(z)
+                                  cfg.scale, plain, cfg.view_scale))(z)
   numerator = d - (x[None] if cfg.variance_reduction else z)
   g = jnp.mean(numerator, axis=0) / sigma
   return jax.lax.stop_gradient(g), {"sigma": sigma[:, 0, 0, 0], "denoised": jnp.mean(d, 0)}

@@ -16,7 +16,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jax3d.errors import UserError
 
@@ -25,19 +24,13 @@ WEIGHTINGS = ("dreamfusion", "uniform", "sqrt_snr")
 
 @dataclasses.dataclass(frozen=True)
 class TimestepConfig:
-  t_min: float = 0.02
-  t_max: float = 0.98
-  t_max_end: float | None = None  # None: no annealing
-  anneal_steps: int = 0
-  weighting: str = "dreamfusion"
+  t_min: float
+  t_max: float
+  t_max_end: float | None  # None: no annealing
+  anneal_steps: int
+  weighting: str  # one of WEIGHTINGS
 
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict) -> "TimestepConfig":
-    c = cls(**dict(cfg))
-    c.validate()
-    return c
-
-  def validate(self) -> None:
+  def __post_init__(self):
     if not 0.0 <= self.t_min < self.t_max <= 1.0:
       raise UserError(f"timesteps need 0 <= t_min < t_max <= 1, got t_min={self.t_min}, "
                       f"t_max={self.t_max}")
@@ -73,8 +66,3 @@ def weight(name: str, alphas_cumprod: jax.Array, t: jax.Array) -> jax.Array:
   if name == "sqrt_snr":
     return jnp.sqrt(a) * (1.0 - a)
   raise UserError(f"unknown weighting {name!r}; use one of {', '.join(WEIGHTINGS)}")
-
-
-def default_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(t_min=0.02, t_max=0.98, t_max_end=None,
-                                        anneal_steps=0, weighting="dreamfusion"))

@@ -114,7 +114,7 @@ def render_solids_set(key: jax.Array, views_per_object: int = 16, resolution: in
   cameras.VIEW_LABELS, sector (N,) index into cameras.AZIMUTH_LABELS.
   """
   m, ns, nc = views_per_object, len(scenes.SOLIDS), len(scenes.COLOURS)
-  cfg = cameras.CameraConfig(height=resolution, width=resolution)
+  cfg = scenes.camera_config(resolution)
   cams = cameras.sample(key, ns * m, cfg)
   # One static solid per call: only its own SDF is traced (a traced index evaluates all five).
   outs = [solids_render.render_batch(

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import os
 import pathlib
@@ -85,5 +86,25 @@ def prior_folder(spec: str) -> pathlib.Path:
   return path
 
 
+WEIGHT_SUFFIXES = (".msgpack", ".safetensors", ".bin", ".ckpt")
+
+
+def describe(spec: str) -> dict[str, str | None]:
+  """What a result file records of a prior: its spec and the sha256 of its weights (of every
+  weight file's relative path and bytes, in path order); None for the analytic prior, which
+  has no weights (it is a deterministic function of the spec)."""
+  if analytic_views(spec) is not None:
+    return {"prior": spec, "weights_sha256": None}
+  folder = prior_folder(spec)
+  digest = hashlib.sha256()
+  files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+  for path in files:
+    digest.update(str(path.relative_to(folder)).encode())
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  return {"prior": spec, "weights_sha256": digest.hexdigest() if files else None}
+
+
 __all__ = ["load_prior", "prior_folder", "shipped_solids_path", "is_solids_prior",
-           "analytic_views"]
+           "analytic_views", "describe"]

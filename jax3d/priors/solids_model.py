@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jax3d import cameras
 from jax3d.priors import _quiet  # noqa: F401  (silences the Flax deprecation warnings)
@@ -37,29 +36,23 @@ VOCAB_WORDS = (("a", "an", "view", ",") + scenes.SOLIDS + scenes.COLOURS +
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  resolution: int = 32
-  block_out_channels: tuple[int, ...] = (32, 64, 64)
+  """The solids prior's networks (values: configs/solids_prior.py)."""
+  resolution: int
+  block_out_channels: tuple[int, ...]
   # Cross-attention only in the lowest-resolution block (and the mid block): attention at
-  # full resolution dominates CPU step time (DESIGN.md measurements).
-  down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
-  up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
-  layers_per_block: int = 1
-  attention_head_dim: int = 8
-  text_hidden: int = 64
-  text_layers: int = 2
-  text_heads: int = 4
-  max_length: int = 16
-  beta_schedule: str = "scaled_linear"
-  beta_start: float = 0.00085
-  beta_end: float = 0.012
-  num_train_timesteps: int = 1000
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict) -> "ModelConfig":
-    d = dict(cfg)
-    for k in ("block_out_channels", "down_block_types", "up_block_types"):
-      d[k] = tuple(d[k])
-    return cls(**d)
+  # full resolution dominates CPU step time (docs/architecture.md).
+  down_block_types: tuple[str, ...]
+  up_block_types: tuple[str, ...]
+  layers_per_block: int
+  attention_head_dim: int
+  text_hidden: int
+  text_layers: int
+  text_heads: int
+  max_length: int
+  beta_schedule: str
+  beta_start: float
+  beta_end: float
+  num_train_timesteps: int
 
 
 def unet_config(cfg: ModelConfig) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from typing import Callable, Mapping
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jax3d import cameras
 from jax3d.errors import UserError
@@ -35,24 +34,15 @@ PER_SAMPLE_KEYS = ("weights", "t", "deltas", "samples")
 @dataclasses.dataclass(frozen=True)
 class RenderConfig:
   """Ray-marching settings."""
-  num_samples: int = 64  # S, samples per ray
-  bound: float = 1.0  # the scene cube's half size
-  stratified: bool = True  # jitter samples in their bins when a key is given
-  min_near: float = 0.0  # samples start no closer than this to the ray origin
+  num_samples: int  # S, samples per ray
+  bound: float  # the scene cube's half size
+  stratified: bool  # jitter samples in their bins when a key is given
+  min_near: float  # samples start no closer than this to the ray origin
 
   def __post_init__(self):
     if self.num_samples < 1 or self.bound <= 0:
       raise UserError(f"render needs num_samples >= 1 and bound > 0, got {self.num_samples} "
                       f"and {self.bound}")
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "RenderConfig":
-    d = dict(cfg)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise UserError(f"unknown render config keys {unknown}; known: {sorted(names)}")
-    return cls(**d)
 
 
 def intersect_box(origins: jax.Array, directions: jax.Array, bound: float,
@@ -193,18 +183,5 @@ def render_image(field_fn: FieldFn, camera: cameras.Camera, key: jax.Array | Non
           (h, w) + v.shape[2:]), out)
 
 
-def surface_normals(density_fn: Callable[[jax.Array], jax.Array], points: jax.Array,
-                    eps: float) -> jax.Array:
-  """Unit normals −∇σ/|∇σ| (..., 3) at points (..., 3) by central differences of step `eps`.
-
-  Six density queries per point and first order in whatever `density_fn` closes over, so it
-  is cheap to train through at one point per ray (deferred shading at o + d·depth).
-  """
-  offsets = eps * jnp.concatenate([jnp.eye(3), -jnp.eye(3)], axis=0)  # (6, 3)
-  sigma = density_fn(points[..., None, :] + offsets)  # (..., 6)
-  grad = (sigma[..., :3] - sigma[..., 3:]) / (2.0 * eps)
-  return -grad / jnp.sqrt(jnp.sum(grad * grad, axis=-1, keepdims=True) + 1e-20)
-
-
 __all__ = ["RenderConfig", "render_rays", "render_image", "intersect_box", "composite",
-           "surface_normals", "PER_SAMPLE_KEYS"]
+           "PER_SAMPLE_KEYS"]

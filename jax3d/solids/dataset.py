@@ -114,7 +114,7 @@ class Dataset:
 def build(key: jax.Array, views_per_object: int, resolution: int = 32,
           supersample: int = 2, batch: int = 192, num_steps: int = 64) -> Dataset:
   """Renders every object from `views_per_object` random cameras of the shared distribution."""
-  cam_cfg = cameras.CameraConfig(height=resolution, width=resolution)
+  cam_cfg = scenes.camera_config(resolution)
   n = NUM_OBJECTS * views_per_object
   objects = np.repeat(np.arange(NUM_OBJECTS, dtype=np.int32), views_per_object)
   cams = cameras.sample(key, n, cam_cfg)

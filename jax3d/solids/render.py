@@ -1,7 +1,7 @@
 """Sphere tracing of the solids over the same camera rays as the NeRF renderer.
 
-Shading is Lambertian, `albedo · (ambient + (1 − ambient) · max(0, n·l))`, with a point light at
-the camera (so it sits "near the camera" for every view), over a plain white background.
+Shading is Lambertian, `albedo · (ambient + (1 − ambient) · max(0, n·l))`, with a point light
+at the camera (so it sits "near the camera" for every view), over a plain white background.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from jax3d.solids import scenes
 AMBIENT = 0.35
 BACKGROUND = 1.0
 _HIT_EPS = 1e-3
-
-
 _NORMAL_EPS = 1e-3
 
 
@@ -63,7 +61,7 @@ def _render_rays(solid, rgb, origins, directions, light, ambient, num_steps):
 
 
 def _render_one(solid, rgb, camera: cameras.Camera, supersample: int = 1,
-           ambient: float = AMBIENT, num_steps: int = 96) -> dict[str, jax.Array]:
+                ambient: float = AMBIENT, num_steps: int = 96) -> dict[str, jax.Array]:
   """Renders one solid (name index, traced ok) with albedo `rgb` (3,) from one camera.
 
   Returns image (H, W, 3) in [0, 1], mask (H, W) (fractional when supersampled) and depth
@@ -93,13 +91,11 @@ render = jax.jit(_render_one, static_argnames=("supersample", "num_steps"))
 
 def _render_many(solid, rgb, camera: cameras.Camera, supersample: int, ambient: float,
                  num_steps: int) -> dict[str, jax.Array]:
-  def one(sol, col, c2w, fov):
-    cam = cameras.Camera(c2w=c2w, fov_y=fov, height=camera.height, width=camera.width)
-    return _render_one(sol, col, cam, supersample=supersample, ambient=ambient,
-                       num_steps=num_steps)
+  one = functools.partial(_render_one, supersample=supersample, ambient=ambient,
+                          num_steps=num_steps)
   if isinstance(solid, str):  # One static solid: closed over, only its SDF is traced.
-    return jax.vmap(functools.partial(one, solid))(jnp.asarray(rgb), camera.c2w, camera.fov_y)
-  return jax.vmap(one)(jnp.asarray(solid), jnp.asarray(rgb), camera.c2w, camera.fov_y)
+    return jax.vmap(functools.partial(one, solid))(jnp.asarray(rgb), camera)
+  return jax.vmap(one)(jnp.asarray(solid), jnp.asarray(rgb), camera)
 
 
 _render_many_static = jax.jit(_render_many,
@@ -116,3 +112,24 @@ def render_batch(solid, rgb, camera: cameras.Camera, supersample: int = 1,
   """
   fn = _render_many_static if isinstance(solid, str) else _render_many_traced
   return fn(solid, rgb, camera, supersample=supersample, ambient=ambient, num_steps=num_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps",))
+def _masks(solid: jax.Array, camera: cameras.Camera, num_steps: int) -> jax.Array:
+  def one(cam):
+    origins, directions = cameras.rays(cam)
+    hit, _ = jax.vmap(lambda o, d: _trace(solid, o, d, num_steps))(
+        origins.reshape(-1, 3), directions.reshape(-1, 3))
+    return hit.reshape(cam.height, cam.width)
+  return jax.lax.map(one, camera)
+
+
+def masks(solid: int | str | jax.Array, camera: cameras.Camera,
+          num_steps: int = 96) -> jax.Array:
+  """Hit masks (N, H, W) bool of one solid (name or index) from a batch of N cameras.
+
+  One ray per pixel centre: `render`'s mask without supersampling or shading. The solid is a
+  traced index here, so one compilation serves all five.
+  """
+  index = scenes.index_of(solid) if isinstance(solid, str) else solid
+  return _masks(jnp.asarray(index, jnp.int32), camera, num_steps=num_steps)

@@ -1,7 +1,7 @@
 """The solids world: prompts, exact signed distance functions and palette colours.
 
-The spec is fixed (DESIGN.md; the benchmark and outside checkers depend on it): world z up,
-every solid centred at the origin —
+The spec is fixed (docs/architecture.md; the benchmark and outside checkers depend on it):
+world z up, every solid centred at the origin —
   sphere   radius 0.5
   cube     edge 0.8, axis-aligned
   cylinder radius 0.4, height 0.9, axis z
@@ -38,6 +38,9 @@ CONE_RADIUS, CONE_HALF_HEIGHT = 0.5, 0.45
 TORUS_MAJOR, TORUS_MINOR = 0.35, 0.15
 # Every solid fits in this sphere (the cube's corner is the farthest point: 0.4·√3 ≈ 0.693).
 BOUNDING_RADIUS = 0.7
+# Rotational symmetry period about z of the solids that have a finite one; the others are
+# symmetric under every rotation about z.
+SYMMETRY_PERIOD_DEG = {"cube": 90.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,12 +180,22 @@ _SDFS = (_sdf_sphere, lambda p: _sdf_box(p, CUBE_HALF_EDGE), _sdf_cylinder, _sdf
          _sdf_torus)
 
 
+def index_of(solid: str) -> int:
+  """The index of a solid's name in SOLIDS."""
+  if solid not in SOLIDS:
+    raise UserError(f"unknown solid {solid!r}; pick one of {', '.join(SOLIDS)}")
+  return SOLIDS.index(solid)
+
+
 def sdf(solid: int | str | jax.Array, x: jax.Array) -> jax.Array:
-  """Signed distance (…,) of points x (…, 3) to a solid, given by name or (traced) index."""
+  """Signed distance (…,) of points x (…, 3) to a solid, given by name or (traced) index.
+
+  A traced index evaluates only that solid's SDF (one compilation serves all solids); under
+  vmap over indices all five are evaluated and selected.
+  """
   if isinstance(solid, str):
     return _SDFS[SOLIDS.index(solid)](x)
-  all_d = jnp.stack([f(x) for f in _SDFS], axis=0)
-  return jnp.take(all_d, jnp.asarray(solid), axis=0)
+  return jax.lax.switch(jnp.asarray(solid, jnp.int32), _SDFS, x)
 
 
 def volume(solid: str) -> float:
@@ -195,3 +208,11 @@ def volume(solid: str) -> float:
       "torus": 2 * np.pi**2 * TORUS_MAJOR * TORUS_MINOR**2,
   }[solid]
 
+
+def camera_config(resolution: int) -> cameras.CameraConfig:
+  """The world's camera distribution (fixed with the spec; shared by the solids renderer, the
+  prior's training data and the toy configs): look at the origin from distance 2.0 ± 0.1,
+  vertical fov 40°, elevation −10…45°, azimuth uniform; `resolution`² pixels."""
+  return cameras.CameraConfig(height=resolution, width=resolution, distance=2.0,
+                              distance_jitter=0.1, fov_deg=40.0, fov_jitter_deg=0.0,
+                              elevation_range=(-10.0, 45.0), azimuth_range=(-180.0, 180.0))

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from jax3d.errors import Interrupted, UserError  # noqa: F401  (Interrupted re-exported)
+from jax3d.errors import Interrupted, UserError
 from jax3d.train.checkpoint import Checkpointer
 from jax3d.train.logging import Logger
 

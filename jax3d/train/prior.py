@@ -124,7 +124,7 @@ class Setup:
 
 def prepare(workdir: str, cfg: ml_collections.ConfigDict) -> Setup:
   """Builds networks, the (cached) dataset, the initial state and the jitted step."""
-  model_cfg = solids_model.ModelConfig.from_config(cfg.model)
+  model_cfg = configuration.typed(solids_model.ModelConfig, cfg.model, "model")
   nets = solids_model.build(model_cfg)
   alphas = solids_model.alphas_cumprod(model_cfg)
   k_data, k_init, k_train = jax.random.split(jax.random.key(cfg.seed), 3)

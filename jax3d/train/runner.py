@@ -19,16 +19,15 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax3d import cameras, configuration
+from jax3d import cameras
 from jax3d.errors import UserError
+from jax3d.systems import registry
 
-METHODS = ("sds", "sjc")
-DEFAULT_CONFIGS = {"sds": "dreamfusion", "sjc": "sjc"}
 PREVIEW_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
+PREVIEW_SIZE = 64
 
 
 def _check_writable(workdir: str) -> None:
@@ -80,11 +79,6 @@ def check_workdir(workdir: str, identity: dict, overwrite: bool) -> bool:
                   f"--overwrite to replace it")
 
 
-def check_method(method: str) -> None:
-  if method not in METHODS:
-    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-
-
 def resolve_prior(spec: str | None, cfg: ml_collections.ConfigDict) -> str:
   """The prior to use: `spec` (--prior) if given, else the config's `prior`."""
   spec = spec or cfg.get("prior") or ""
@@ -94,21 +88,11 @@ def resolve_prior(spec: str | None, cfg: ml_collections.ConfigDict) -> str:
   return spec
 
 
-def make_system(method: str, prompt: str, cfg: ml_collections.ConfigDict, prior):
-  if method == "sds":
-    from jax3d.systems import dreamfusion  # pylint: disable=g-import-not-at-top
-    return dreamfusion.DreamFusion(dreamfusion.SystemConfig.from_config(prompt, cfg), prior)
-  if method == "sjc":
-    from jax3d.systems import sjc  # pylint: disable=g-import-not-at-top
-    return sjc.SJC(sjc.SystemConfig.from_config(prompt, cfg, prior), prior)
-  raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-
-
 def check_prompt_for_prior(prompt: str, prior_spec: str) -> None:
   if not isinstance(prompt, str) or not prompt.strip():
     raise UserError("the prompt is empty; give a text prompt such as 'a red cube'")
-  from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
-  if registry.is_solids_prior(prior_spec):
+  from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
+  if priors.is_solids_prior(prior_spec):
     from jax3d.solids import scenes  # pylint: disable=g-import-not-at-top
     scenes.parse_prompt(prompt)  # Raises a UserError naming the prompts it knows.
 
@@ -119,12 +103,11 @@ def preview_image(system, state, step: int, size: int) -> np.ndarray:
   cams = cameras.from_spherical(np.asarray(PREVIEW_AZIMUTHS), np.full(4, 15.0), 2.0, 40.0,
                                 size, size)
   rows = []
-  for k in range(min(system.cfg.num_particles, 4)):
-    params = system.particle_params(state, k)
+  for k in range(min(system.config.num_particles, 4)):
     rgbs, normals = [], []
     for i in range(len(PREVIEW_AZIMUTHS)):
       cam = jax.tree.map(lambda x, i=i: x[i], cams)
-      out = system.render(params, cam, step)
+      out = system.render(state, k, cam, step)
       rgbs.append(np.asarray(out["rgb"]))
       n = np.asarray(out["normal"]) * 0.5 + 0.5
       o = np.asarray(out["opacity"])[..., None]
@@ -133,60 +116,20 @@ def preview_image(system, state, step: int, size: int) -> np.ndarray:
   return video.to_uint8(np.concatenate(rows, 0))
 
 
-_apply = jax.jit(lambda fn, x: fn(x))  # `fn` is a jax.tree_util.Partial over the params.
-
-
-def silhouette_level(system, params, step: int, size: int = 48,
-                     samples: int = 128) -> tuple[float, float]:
-  """The mesh iso-level whose silhouettes best match this particle's rendered opacity.
-
-  A robust rule for diffuse fields: a fixed density (or 'half-opaque per render step') level
-  keeps only the dense core of a fuzzy object or bloats a sharp one; matching what the
-  renderer shows from 8 views around the object does neither.
-  """
-  from jax3d.export import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from jax3d.render import volume  # pylint: disable=g-import-not-at-top
-  cams = cameras.from_spherical(np.arange(8) * 45.0, np.full(8, 15.0), 2.0, 40.0, size, size)
-  density = system.density_fn(params, step)
-  bound = system.cfg.render.bound
-  maxima, targets = [], []
-  for v in range(8):
-    cam = jax.tree.map(lambda x, v=v: x[v], cams)
-    targets.append(np.asarray(system.render(params, cam, step)["opacity"]).ravel() > 0.5)
-    o, d = cameras.rays(cam)
-    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-    near, far, hit = volume.intersect_box(o, d, bound)
-    frac = (jnp.arange(samples) + 0.5) / samples
-    t = near[:, None] + frac * (far - near)[:, None]
-    sigma = _apply(density, o[:, None] + t[..., None] * d[:, None])
-    maxima.append(np.where(np.asarray(hit), np.asarray(sigma).max(-1), 0.0))
-  return mesh_lib.level_matching_silhouettes(np.concatenate(maxima), np.concatenate(targets))
-
-
 def export_particle(system, state, k: int, step: int, folder: str,
-                    cfg: ml_collections.ConfigDict, level: float | None = None) -> dict:
+                    level: float | None = None) -> dict:
   """Mesh (.glb/.obj) and turntable (.mp4/.gif) of particle k into `folder`."""
   from jax3d.export import mesh as mesh_lib, video  # pylint: disable=g-import-not-at-top
   os.makedirs(folder, exist_ok=True)
-  params = system.particle_params(state, k)
-  e = cfg.export
-  if level is None and e.mesh_level > 0:
-    level = float(e.mesh_level)
-  level_iou = None
-  if level is None:
-    level, level_iou = silhouette_level(system, params, step)
-  mesh = mesh_lib.extract_mesh(system.density_fn(params, step), system.color_fn(params, step),
-                               system.cfg.render.bound, resolution=e.mesh_resolution,
-                               level=level, step_size=system.render_step_size)
+  mesh = system.export_mesh(state, k, step, level)
   paths = mesh_lib.write_mesh(mesh, folder)
+  e = system.config.export
   frames = video.turntable_frames(
-      lambda cam: system.render(params, cam, step)["rgb"], e.video_frames,
+      lambda cam: system.render(state, k, cam, step)["rgb"], e.video_frames,
       elevation_deg=e.video_elevation, height=e.video_size, width=e.video_size, jit=False)
   paths.update(video.write_video(frames, folder, fps=e.video_fps))
-  rule = mesh.level_rule if level_iou is None else (
-      f"matches the rendered opacity > 0.5 silhouettes of 8 views (IoU {level_iou:.3f})")
-  return {"paths": paths, "mesh_level": mesh.level, "mesh_level_rule": rule,
-          "num_vertices": int(mesh.vertices.shape[0]), "num_faces": int(mesh.faces.shape[0])}
+  return {"paths": paths, "mesh_level": mesh.level, "mesh_level_rule": mesh.level_rule,
+          "num_vertices": mesh.num_vertices, "num_faces": mesh.num_faces}
 
 
 def final_folder(workdir: str, k: int, num_particles: int) -> str:
@@ -194,28 +137,28 @@ def final_folder(workdir: str, k: int, num_particles: int) -> str:
   return base if num_particles == 1 else os.path.join(base, f"particle_{k}")
 
 
-def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str | None = None,
-             cfg: ml_collections.ConfigDict | None = None, overwrite: bool = False,
-             dtype: str = "float32", allow_pickle: bool = False,
-             stop_after: int | None = None, enable_bar: bool | None = None) -> dict[str, Any]:
-  """Validates everything, then trains `method` on `prompt` in `workdir` and exports.
-
-  `prior_spec` None: the config's `prior`.
-  """
-  from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
+def generate(prompt: str, workdir: str, cfg: ml_collections.ConfigDict,
+             prior_spec: str | None = None, overwrite: bool = False, dtype: str = "float32",
+             allow_pickle: bool = False, stop_after: int | None = None,
+             enable_bar: bool | None = None) -> dict[str, Any]:
+  """Validates everything, then trains the config's method on `prompt` in `workdir` and
+  exports. `cfg` is a ConfigDict from `systems.registry.resolve`; `prior_spec` None: the
+  config's `prior`."""
+  from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
   from jax3d.train import loop  # pylint: disable=g-import-not-at-top
   from jax3d.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   from jax3d.train.logging import Logger  # pylint: disable=g-import-not-at-top
   from jax3d.export import video  # pylint: disable=g-import-not-at-top
 
-  check_method(method)
-  cfg = cfg if cfg is not None else configuration.load(DEFAULT_CONFIGS[method])
+  method = cfg.method
+  registry.entry(method)
   prior_spec = resolve_prior(prior_spec, cfg)
   check_prompt_for_prior(prompt, prior_spec)
   identity = run_identity(prompt, method, prior_spec, cfg)
   resume = check_workdir(workdir, identity, overwrite)
-  prior = registry.load_prior(prior_spec, dtype=dtype, allow_pickle=allow_pickle)
-  system = make_system(method, prompt, cfg, prior)  # Validates config values and particles.
+  prior = priors.load_prior(prior_spec, dtype=dtype, allow_pickle=allow_pickle)
+  system = registry.make_system(method, prompt, cfg, prior)  # Validates every setting.
+  run = system.config
 
   # Everything is valid: only now touch the disk.
   if overwrite and not resume and os.path.isdir(workdir):
@@ -224,14 +167,14 @@ def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str | N
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump({"run": identity, "jax3d": _version()}, f, indent=2, sort_keys=True, default=str)
 
-  key = jax.random.key(cfg.seed)
+  key = jax.random.key(run.seed)
   k_init, k_train = jax.random.split(key)
   t0 = time.perf_counter()
   state = system.init(k_init)
-  logger = Logger(workdir, cfg.num_steps, desc=method, enable_bar=enable_bar)
+  logger = Logger(workdir, run.num_steps, desc=method, enable_bar=enable_bar)
 
   def preview(step, st):
-    image = preview_image(system, st, step, max(cfg.camera.height, 64))
+    image = preview_image(system, st, step, PREVIEW_SIZE)
     os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
     video.write_png(os.path.join(workdir, "previews", f"step_{step:06d}.png"), image)
     logger.image(step, "previews", image)
@@ -239,8 +182,8 @@ def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str | N
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
     result = loop.run(system.train_step, state, k_train,
-                      loop.Schedule(cfg.num_steps, cfg.log_every, cfg.checkpoint_every,
-                                    cfg.preview_every),
+                      loop.Schedule(run.num_steps, run.log_every, run.checkpoint_every,
+                                    run.preview_every),
                       checkpointer, logger, preview_fn=preview,
                       meta={"prompt": prompt}, bar_keys=("loss", "mean_opacity"),
                       stop_after=stop_after)
@@ -251,19 +194,18 @@ def generate(prompt: str, workdir: str, method: str = "sds", prior_spec: str | N
              "wall_time_s": result.wall_time, "compile_time_s": result.compile_time,
              "total_time_s": time.perf_counter() - t0, "resumed_from": result.resumed_from,
              "final_metrics": result.metrics, "device": jax.devices()[0].device_kind,
-             "num_devices": len(jax.devices()), "num_particles": cfg.num_particles}
-  if result.step >= cfg.num_steps:
-    summary["particles"] = export_all(system, result.state, result.step, workdir, cfg)
+             "num_devices": len(jax.devices()), "num_particles": run.num_particles}
+  if result.step >= run.num_steps:
+    summary["particles"] = export_all(system, result.state, result.step, workdir)
     with open(os.path.join(workdir, "final", "metrics.json"), "w") as f:
       json.dump(summary, f, indent=2, default=str)
   return summary
 
 
-def export_all(system, state, step: int, workdir: str, cfg: ml_collections.ConfigDict,
-               level: float | None = None) -> list[dict]:
-  return [export_particle(system, state, k, step,
-                          final_folder(workdir, k, system.cfg.num_particles), cfg, level)
-          for k in range(system.cfg.num_particles)]
+def export_all(system, state, step: int, workdir: str, level: float | None = None) -> list[dict]:
+  n = system.config.num_particles
+  return [export_particle(system, state, k, step, final_folder(workdir, k, n), level)
+          for k in range(n)]
 
 
 def _version() -> str:
@@ -285,7 +227,7 @@ def _read_run(workdir: str) -> dict:
 
 def export_command(workdir: str, level: float | None = None) -> list[dict]:
   """Re-exports meshes and turntables from a run's latest checkpoint into final/."""
-  from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
+  from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
   from jax3d.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   run = _read_run(workdir)
   cfg = ml_collections.ConfigDict(run["config"])
@@ -293,17 +235,17 @@ def export_command(workdir: str, level: float | None = None) -> list[dict]:
   try:
     if checkpointer.latest_step() is None:
       raise UserError(f"{workdir} has no checkpoint yet; run `jax3d generate` first")
-    prior = registry.load_prior(run["prior"])
-    system = make_system(run["method"], run["prompt"], cfg, prior)
-    state, _, step = checkpointer.restore(system.init(jax.random.key(cfg.seed)))
+    prior = priors.load_prior(run["prior"])
+    system = registry.make_system(run["method"], run["prompt"], cfg, prior)
+    state, _, step = checkpointer.restore(system.init(jax.random.key(system.config.seed)))
   finally:
     checkpointer.close()
-  return export_all(system, state, step, workdir, cfg, level)
+  return export_all(system, state, step, workdir, level)
 
 
 def eval_command(workdir: str, resolution: int = 96) -> dict:
   """Scores final/ meshes against the prompt's solid; writes eval.json; returns the table."""
-  from jax3d.solids import metrics, scenes  # pylint: disable=g-import-not-at-top
+  from jax3d.solids import metrics, scenes, shapes  # pylint: disable=g-import-not-at-top
   run = _read_run(workdir)
   try:
     scenes.parse_prompt(run["prompt"])
@@ -317,7 +259,7 @@ def eval_command(workdir: str, resolution: int = 96) -> dict:
     path = os.path.join(final_folder(workdir, k, num_particles), "mesh.glb")
     if not os.path.isfile(path):
       raise UserError(f"{path} is missing; finish the run (or `jax3d export {workdir}`) first")
-    shape = metrics.shape_from_mesh(path, resolution=resolution)
+    shape = shapes.shape_from_mesh(path, resolution=resolution)
     row = metrics.evaluate(shape, run["prompt"], metrics.MetricsConfig(resolution=resolution))
     rows.append({"particle": k, **{key: row[key] for key in (
         "silhouette_iou", "occupancy_iou", "predicted_solid", "shape_correct",
@@ -328,7 +270,7 @@ def eval_command(workdir: str, resolution: int = 96) -> dict:
              "particles": rows}
   if num_particles > 1:
     summary["diversity"] = metrics.diversity(
-        [metrics.shape_from_mesh(os.path.join(final_folder(workdir, k, num_particles),
+        [shapes.shape_from_mesh(os.path.join(final_folder(workdir, k, num_particles),
                                               "mesh.glb"), resolution=resolution)
          for k in range(num_particles)], metrics.MetricsConfig(resolution=resolution))
   with open(os.path.join(workdir, "eval.json"), "w") as f:

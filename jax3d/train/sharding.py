@@ -1,12 +1,15 @@
-"""Device meshes for particle populations: particles split over a `particles` mesh axis.
+"""Device meshes for particle populations: a `particles` axis and a `views` axis.
 
-Per-particle state (leading axis P) is sharded `P('particles')`; shared state (prior weights,
-the VSD LoRA) is replicated `P()`. On one CPU, 4 forced host devices, one GPU or a TPU pod the
-code is the same; multi-host runs call `jax.distributed.initialize()` first (see launch/).
+A population of P particles on D devices uses a (p, v) mesh with p = gcd(P, D) and v = D / p:
+particle state (leading axis P) is split over `particles`, and each particle's training rays
+(every pixel of its views) are split over `views`, so P = 1 still uses every device. Shared
+state (prior weights, embeddings, the VSD LoRA) is replicated. The same code runs on one CPU,
+forced host devices, a GPU or a TPU pod (after `jax.distributed.initialize()`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -14,49 +17,57 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax3d.errors import UserError
 
-AXIS = "particles"
+PARTICLES = "particles"
+VIEWS = "views"
 
 
-def particle_mesh(num_particles: int, devices: list | None = None) -> Mesh:
-  """A 1-D mesh over as many devices as evenly divide `num_particles`'s work.
-
-  All devices are used when P is a multiple of their count; with fewer particles than devices
-  the mesh takes P devices. Otherwise it is a user error: say how to fix it.
-  """
+def make_mesh(num_particles: int, devices: list | None = None) -> Mesh:
+  """The (gcd(P, D), D / gcd(P, D)) mesh over `devices` (default: all) for P particles."""
   devices = list(jax.devices() if devices is None else devices)
-  n = len(devices)
   if num_particles < 1:
     raise UserError(f"--particles must be >= 1, got {num_particles}")
-  if num_particles < n:
-    n = num_particles
-  elif num_particles % n:
-    raise UserError(f"{num_particles} particles cannot be split evenly over {n} devices; use "
-                    f"a multiple of {n} (or fewer particles than devices)")
-  # Auto axes: XLA propagates the particle sharding through the vmapped step (no collectives
-  # are needed: particles are independent). Explicit axes would require a mesh context.
-  return jax.make_mesh((n,), (AXIS,), devices=devices[:n],
-                       axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def particle_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(AXIS))
+  p = math.gcd(num_particles, len(devices))
+  # Auto axes: XLA propagates the placements through the step; no mesh context is needed.
+  return jax.make_mesh((p, len(devices) // p), (PARTICLES, VIEWS), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def shard_particles(tree: Any, mesh: Mesh) -> Any:
-  """Places every leaf's leading (particle) axis across the mesh; scalars are replicated."""
-  def put(x):
-    if getattr(x, "ndim", 0) == 0:
-      return jax.device_put(x, replicated(mesh))
-    return jax.device_put(x, particle_sharding(mesh))
-  return jax.tree.map(put, tree)
+def particle_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(PARTICLES))
 
 
-def tree_shardings(tree: Any, mesh: Mesh) -> Any:
-  """The sharding `shard_particles` would give each leaf (for jit out_shardings)."""
-  return jax.tree.map(
-      lambda x: replicated(mesh) if getattr(x, "ndim", 0) == 0 else particle_sharding(mesh),
-      tree)
+def state_shardings(state: Any, mesh: Mesh) -> Any:
+  """The placement of every leaf of a `systems.base.State`: particle leaves split over
+  `particles`, shared leaves and the step replicated."""
+  return state.replace(
+      particles=jax.tree.map(lambda _: particle_sharding(mesh), state.particles),
+      shared=jax.tree.map(lambda _: replicated(mesh), state.shared),
+      step=replicated(mesh))
+
+
+def place(state: Any, mesh: Mesh) -> Any:
+  """`state` put on the mesh as `state_shardings` says."""
+  return jax.device_put(state, state_shardings(state, mesh))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Every leaf of `tree` copied to every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))
+
+
+def split_rays(x: jax.Array, mesh: Mesh) -> jax.Array:
+  """`x` (V, R, ...) with its ray axis R split over the mesh's `views` axis (inside a step;
+  under `vmap(..., spmd_axis_name=PARTICLES)` the particle axis is added). A no-op on a mesh
+  with one device per particle, or when R does not divide evenly."""
+  v = mesh.shape[VIEWS]
+  if v == 1 or x.shape[1] % v:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, VIEWS)))
+
+
+__all__ = ["PARTICLES", "VIEWS", "make_mesh", "replicated", "particle_sharding",
+           "state_shardings", "place", "replicate", "split_rays"]

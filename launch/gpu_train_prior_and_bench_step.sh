@@ -2,7 +2,7 @@
 # One device call: train a solids prior with azimuth view labels, then time one training
 # step of SJC (PAAS K = 1, 2, 4, 8) and SDS, split into render / prior / rest.
 #
-#   launch/gpu_session.sh OUT [STEPS] [PRIOR_CONFIG] [BENCH_FLAGS]
+#   launch/gpu_train_prior_and_bench_step.sh OUT [STEPS] [PRIOR_CONFIG] [BENCH_FLAGS]
 #
 # Every stage writes under OUT as it finishes; a failed stage does not stop the next.
 set -uo pipefail

@@ -1,0 +1,89 @@
+"""`jax3d bench step`: seconds per training step and its split into render, prior and rest.
+
+Rows: the whole jitted train step (one particle, 'a red cube'); the render forward and
+forward+backward of the step's views; the prior's guidance call alone on x0 (`StepParts`);
+and `rest` = step − render fwd+bwd − prior (the loss, the chain through the encoder, the
+optimizer; near zero or slightly negative where XLA fuses across parts). A system with a
+`step_sweep` (SJC: K = 1, 2, 4, 8 perturbations) is measured at each value, with its ratio to
+the first. Seconds are medians, compile excluded (first_step_s includes it).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from jax3d.bench.table import Row, repeats as repeats_of, time_compiled
+
+PROMPT = "a red cube"
+
+
+def _time_steps(step, state, key, repeats: int) -> tuple[float, float, Any]:
+  """(first-call seconds incl. compile, median seconds per later call, final state) of a
+  state-threading step (the state may be donated, so each call takes the last output)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  state, metrics = step(state, key)
+  jax.block_until_ready(metrics)
+  first = time.perf_counter() - t0
+  times = []
+  for i in range(max(2, repeats)):
+    t0 = time.perf_counter()
+    state, metrics = step(state, jax.random.fold_in(key, i))
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  return first, statistics.median(times), state
+
+
+def run(args) -> tuple[list[Row], dict[str, Any]]:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax3d import configuration  # pylint: disable=g-import-not-at-top
+  from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
+  from jax3d.systems import registry  # pylint: disable=g-import-not-at-top
+  from jax3d.train import runner  # pylint: disable=g-import-not-at-top
+
+  method, cfg = registry.resolve(args.method, args.config, args.overrides)
+  cfg.num_particles = 1
+  spec = runner.resolve_prior(args.prior, cfg)
+  prior = priors.load_prior(spec)
+  repeats = repeats_of(args)
+  sweep = registry.system_class(method).step_sweep
+  label, key, values = sweep if sweep else (None, None, (None,))
+  values = values[:2] if args.quick else values
+  settings = {"method": method, "config": args.config or registry.entry(method).config,
+              "overrides": list(args.overrides), **priors.describe(spec), "prompt": PROMPT,
+              "sweep": None if sweep is None else {"label": label, "key": key,
+                                                   "values": list(values)},
+              "grid_label": (f"one particle, {PROMPT!r}; median of {repeats} runs, compile "
+                             f"excluded (first_step_s includes it); rest = step - render "
+                             f"fwd+bwd - prior")}
+  rows, first_row = [], None
+  for value in values:
+    run_cfg = cfg if value is None else configuration.apply_overrides(cfg, [f"{key}={value}"])
+    system = registry.make_system(method, PROMPT, run_cfg, prior)
+    state = system.init(jax.random.key(0))
+    first, step_s, state = _time_steps(system.train_step, state, jax.random.key(1), repeats)
+    params = jax.tree.map(lambda x: x[0], state.particles["params"])  # on the mesh
+    parts = system.step_parts(state, jax.random.key(2))
+    _, render_s = time_compiled(parts.render, (params, jax.random.key(3)), repeats)
+    _, render_bwd_s = time_compiled(jax.grad(lambda p, k: jnp.sum(parts.render(p, k))),
+                                    (params, jax.random.key(3)), repeats)
+    views = jax.eval_shape(parts.render, params, jax.random.key(3)).shape[0]
+    x0 = jnp.zeros((views,) + tuple(prior.latent_shape), jnp.float32)
+    _, prior_s = time_compiled(parts.guidance, (system.inputs["prior"], x0, jax.random.key(4)),
+                               repeats)
+    row = {"method": method}
+    if label is not None:
+      row[label] = value
+    row.update({"views": views, "step_s": step_s, "steps_per_s": 1.0 / step_s,
+                "first_step_s": first, "render_fwd_s": render_s,
+                "render_fwd_bwd_s": render_bwd_s, "prior_s": prior_s,
+                "rest_s": step_s - render_bwd_s - prior_s})
+    if label is not None:
+      first_row = first_row or row
+      row[f"step_vs_{label}{values[0]}"] = step_s / first_row["step_s"]
+      row[f"prior_vs_{label}{values[0]}"] = prior_s / first_row["prior_s"]
+    rows.append(row)
+  return rows, settings

@@ -1,0 +1,103 @@
+"""Volume renders of a radiance `Field` (fields/radiance.py): training batches and export views.
+
+`render_views` renders a batch of cameras for a training step (stratified samples, one key per
+view), optionally lit per sample or deferred (render/shading.py); `render_view` renders one
+camera deterministically in chunks, with deferred normals, for previews, turntables and the
+mesh iso-level.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jax3d import cameras
+from jax3d.fields import radiance
+from jax3d.render import shading
+from jax3d.render import volume
+
+
+class Lighting(NamedTuple):
+  """Per-view shading of a training batch: SHADING_MODES indices (V,), light positions (V, 3),
+  the ambient term, and whether to shade once per ray (deferred) or per sample."""
+  modes: jax.Array
+  lights: jax.Array
+  ambient: float
+  deferred: bool
+
+
+def _identity(x):
+  return x
+
+
+def render_views(field: radiance.Field, params: Any, cams: cameras.Camera, key: jax.Array,
+                 cfg: volume.RenderConfig, background: jax.Array, blob=1.0,
+                 lighting: Lighting | None = None, sample_normals: bool = False,
+                 split_rays: Callable[[jax.Array], jax.Array] = _identity
+                 ) -> dict[str, jax.Array]:
+  """Renders V cameras (a batched `Camera`) with view v's ray jitter from split(key, V)[v].
+
+  Returns 'color' (V, H, W, C) over `background` (C,), lit when `lighting` is given;
+  'opacity' and 'depth' (V, H, W); 'weights' (V, H·W, S); 'normal' (V, H, W, 3) when normals
+  are computed (deferred lighting, or `sample_normals`: −∇σ per sample, composited, and then
+  also 'sample_normals' (V, H·W, S, 3)). `split_rays` places the (V, H·W, 3) ray arrays
+  (e.g. `train.sharding.split_rays` over the views mesh axis).
+  """
+  v, h, w = cams.fov_y.shape[0], cams.height, cams.width
+  origins, dirs = cameras.rays(cams)
+  origins, dirs = split_rays(origins.reshape(v, h * w, 3)), split_rays(dirs.reshape(v, h * w, 3))
+  deferred = lighting is not None and lighting.deferred
+  modes = jnp.zeros((v,), jnp.int32) if lighting is None else lighting.modes
+  lights = jnp.zeros((v, 3), jnp.float32) if lighting is None else lighting.lights
+
+  def one(o, d, k, mode, light):
+    def field_fn(points, _):
+      q = field.query(params, points, blob, with_normals=sample_normals)
+      out = {"density": q["density"], "color": q["color"]}
+      if sample_normals:
+        out["normal"] = q["normal"]
+        if lighting is not None and not deferred:
+          out["color"] = shading.shade(q["color"], q["normal"], light - points, mode,
+                                       lighting.ambient)
+      return out
+
+    out = volume.render_rays(field_fn, o, d, k, cfg,
+                             background=None if deferred else {"color": background})
+    if deferred:
+      out["color"], out["normal"] = shading.deferred(
+          out, o, d, lambda x: field.density(params, x, blob), field.normal_eps, background,
+          light, mode, lighting.ambient)
+    return out
+
+  out = jax.vmap(one)(origins, dirs, jax.random.split(key, v), modes, lights)
+  maps = {"color": out["color"].reshape(v, h, w, -1), "opacity": out["opacity"].reshape(v, h, w),
+          "depth": out["depth"].reshape(v, h, w), "weights": out["weights"]}
+  if "normal" in out:
+    maps["normal"] = out["normal"].reshape(v, h, w, 3)
+  if sample_normals:
+    maps["sample_normals"] = out["samples"]["normal"]
+  return maps
+
+
+def render_view(field: radiance.Field, params: Any, camera: cameras.Camera,
+                cfg: volume.RenderConfig, background: jax.Array, blob=1.0, mode=None,
+                ambient: float = shading.DEFAULT_AMBIENT, chunk: int = 4096
+                ) -> dict[str, jax.Array]:
+  """A deterministic render of one camera: 'color' (H, W, C) over `background`, lit by
+  deferred shading under SHADING_MODES[mode] with the light at the camera (unlit when `mode`
+  is None), 'normal' (H, W, 3) (one per pixel, at the expected surface) and 'opacity'."""
+  def field_fn(points, _):
+    q = field.query(params, points, blob)
+    return {"density": q["density"], "color": q["color"]}
+
+  out = volume.render_image(field_fn, camera, None, cfg, chunk=chunk)
+  origins, dirs = cameras.rays(camera)
+  color, normal = shading.deferred(out, origins, dirs, lambda x: field.density(params, x, blob),
+                                   field.normal_eps, background, camera.position, mode,
+                                   ambient)
+  return {"color": color, "normal": normal, "opacity": out["opacity"]}
+
+
+__all__ = ["Lighting", "render_views", "render_view"]

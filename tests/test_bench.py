@@ -1,0 +1,76 @@
+"""Benchmark result files record where they come from: the command, the commit, the device,
+the versions, and the settings they resolved (prior and weights' sha256, config, overrides)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import subprocess
+
+import jax
+import pytest
+
+import tiny_pipeline as tp
+from jax3d import cli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--config.camera.height=8", "--config.camera.width=8", "--config.views_per_step=1",
+        "--config.field.hashgrid.num_levels=2", "--config.field.hashgrid.log2_table_size=8",
+        "--config.field.hashgrid.max_resolution=16", "--config.field.hidden_dim=8",
+        "--config.render.num_samples=8"]
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+  return tp.write_tiny_pipeline(tmp_path_factory.mktemp("prior") / "pixel", latent=False,
+                                weights="msgpack").folder
+
+
+def _sha256_of_weights(folder: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  for path in sorted(folder.rglob("*.msgpack")):
+    digest.update(str(path.relative_to(folder)).encode())
+    digest.update(path.read_bytes())
+  return digest.hexdigest()
+
+
+def _git(*args) -> str:
+  return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                        check=True).stdout.strip()
+
+
+def test_bench_step_records_its_provenance_and_resolved_settings(prior_dir, tmp_path):
+  out = tmp_path / "step.json"
+  argv = ["bench", "step", "--quick", "--repeats", "1", "--prior", str(prior_dir),
+          *TINY, "--config.guidance.scale=7.5", "--out", str(out)]
+  assert cli.main(argv) == 0
+  payload = json.loads(out.read_text())
+  assert payload["command"].startswith("jax3d bench step --quick")
+  assert "--config.guidance.scale=7.5" in payload["command"]
+  assert payload["device"] == jax.devices()[0].device_kind
+  assert payload["versions"]["jax"] == jax.__version__
+  head = _git("rev-parse", "HEAD")
+  dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+  assert payload["commit"] == head + ("+dirty" if dirty else "")
+  s = payload["settings"]
+  assert s["method"] == "sds" and s["config"] == "dreamfusion:toy"
+  assert s["overrides"] == [o[len("--config."):] for o in argv if o.startswith("--config.")]
+  assert s["prior"] == str(prior_dir)
+  assert s["weights_sha256"] == _sha256_of_weights(prior_dir)
+  assert payload["rows"][0]["step_s"] > 0
+
+
+def test_weights_hash_changes_with_the_weights_and_is_none_for_the_analytic_prior(prior_dir,
+                                                                                   tmp_path):
+  from jax3d.priors import registry  # pylint: disable=g-import-not-at-top
+  before = registry.describe(str(prior_dir))["weights_sha256"]
+  copy = tmp_path / "copy"
+  subprocess.run(["cp", "-r", str(prior_dir), str(copy)], check=True)
+  assert registry.describe(str(copy))["weights_sha256"] == before
+  weights = next(copy.rglob("*.msgpack"))
+  data = bytearray(weights.read_bytes())
+  data[-1] ^= 1
+  weights.write_bytes(bytes(data))
+  assert registry.describe(str(copy))["weights_sha256"] != before
+  assert registry.describe("analytic:8") == {"prior": "analytic:8", "weights_sha256": None}
