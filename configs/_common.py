@@ -7,6 +7,10 @@ import ml_collections
 
 from jax3d.solids import scenes
 
+# The toy presets' field radius: no density beyond the ball the toy cameras frame (2·sin 20° ≈
+# 0.68) plus a margin for the solids (≤ 0.69); docs/results.md, "Unseen geometry".
+SOLIDS_RADIUS = 0.75
+
 
 def camera(size: int = 32) -> ml_collections.ConfigDict:
   """The solids world's orbit camera distribution (distance 2 ± 0.1, fov 40°), size² pixels."""

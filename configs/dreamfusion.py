@@ -52,6 +52,11 @@ def get_config(preset=None):
       name="adam", lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15, grad_clip=0.0))
   _common.add_runner(c)
 
+  if preset in ("toy", "toy-analytic"):
+    c.field.radius = _common.SOLIDS_RADIUS
+    # Mean opacity against what few views see (docs/results.md, "Unseen geometry"); scaled
+    # with the guidance scale, as the SDS gradient is.
+    c.regularizers.opacity = 1000.0
   if preset == "toy":
     # Azimuth words and view guidance pin a cube's turn (docs/results.md, "Cubes").
     c.prior = "solids-azimuth"
@@ -61,6 +66,7 @@ def get_config(preset=None):
     # analytic prior's halo"); its view words pin the turn without view guidance.
     c.prior = "analytic:256"
     c.guidance.scale = 10.0
+    c.regularizers.opacity = 100.0
     c.guidance.view_labels = "azimuth"
     c.guidance.view_scale = 0.0
   elif preset == "sd":

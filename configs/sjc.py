@@ -55,6 +55,7 @@ def get_config(preset=None):
   _common.add_runner(c)
 
   if preset == "toy":
+    c.field.voxel.radius = c.field.nerf.radius = _common.SOLIDS_RADIUS
     # Azimuth words and view guidance pin a cube's turn (docs/results.md, "Cubes").
     c.prior = "solids-azimuth"
     c.guidance.view_scale = 500.0

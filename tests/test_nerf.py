@@ -199,3 +199,29 @@ def test_config_typed_from_a_preset_and_errors():
   del grid["max_resolution"]
   with pytest.raises(UserError, match="'field.hashgrid.max_resolution' is missing"):
     configuration.typed(nerf.NeRFConfig, dict(toy.to_dict(), hashgrid=grid), "field")
+
+
+@pytest.mark.parametrize("kind", ["nerf", "voxel"])
+def test_a_field_radius_empties_everything_outside_its_ball(params, kind):
+  """A radiance field with radius r: density unchanged where |x| <= r and exactly 0 beyond,
+  through `density` and `query` alike; colour unchanged."""
+  from jax3d.fields import radiance, voxel  # pylint: disable=g-import-not-at-top
+  if kind == "nerf":
+    free, p = radiance.NeRFField(CFG), params
+    bounded = radiance.NeRFField(dataclasses.replace(CFG, radius=0.6))
+  else:
+    vcfg = voxel.VoxelConfig(resolution=6, channels=3, bound=1.0, radius=0.0,
+                             density_shift=0.5, density_activation="softplus",
+                             feature_activation="sigmoid", feature_init_scale=1.0)
+    free = radiance.VoxelField(vcfg)
+    bounded = radiance.VoxelField(dataclasses.replace(vcfg, radius=0.6))
+    p = free.init(jax.random.PRNGKey(3))
+  x = jax.random.uniform(jax.random.PRNGKey(2), (4096, 3), minval=-1.0, maxval=1.0)
+  inside = np.linalg.norm(np.asarray(x), axis=-1) <= 0.6
+  assert 0.05 < inside.mean() < 0.5
+  d_free, d_ball = np.asarray(free.density(p, x)), np.asarray(bounded.density(p, x))
+  np.testing.assert_array_equal(d_ball[inside], d_free[inside])
+  assert np.all(d_ball[~inside] == 0.0) and np.all(d_free[~inside] > 0.0)
+  q_free, q_ball = free.query(p, x), bounded.query(p, x)
+  np.testing.assert_array_equal(np.asarray(q_ball["density"]), d_ball)
+  np.testing.assert_array_equal(np.asarray(q_ball["color"]), np.asarray(q_free["color"]))

@@ -57,6 +57,9 @@ class MetricsConfig:
   refine_rounds: int = 5  # bisection rounds around the best grid angle / scale
   scales: tuple[float, ...] = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)
   classify_resolution: int = 48  # shape classification subsamples the lattice to this
+  # False: every held-out view at distance 2 (the views before framing, which crop what lies
+  # more than ~0.75 below the centre); kept to compare results across the change.
+  framed_views: bool = True
 
   def samples_for(self, resolution: int) -> int:
     return self.ray_samples or 4 * resolution
@@ -144,8 +147,10 @@ def silhouette_iou(shape: shape_lib.Shape, solid: str,
   Angles searched: the grid over the solid's symmetry period and `extra_angles` (`evaluate`
   passes the occupancy fit's refined angle).
   """
-  distances = sil_lib.framing_distances(np.concatenate(
-      [sil_lib.hull_points(shape), sil_lib.solid_hull_points(solid)]))
+  distances = None
+  if config.framed_views:
+    distances = sil_lib.framing_distances(np.concatenate(
+        [sil_lib.hull_points(shape), sil_lib.solid_hull_points(solid)]))
   samples = config.samples_for(shape.resolution)
   pred = sil_lib.silhouettes(shape, sil_lib.heldout_cameras(config.image_size, distances),
                              samples)
