@@ -98,5 +98,5 @@ def get_config(preset=None):
     c.export.mesh_resolution = 256
     c.export.video_size = 256
   else:
-    raise KeyError(f"unknown preset {preset!r}; use toy, toy-analytic or sd")
+    raise ValueError(f"unknown preset {preset!r}; use toy, toy-analytic or sd")
   return c

@@ -77,5 +77,5 @@ def get_config(preset=None):
     c.export.mesh_resolution = 200
     c.export.video_size = 256
   else:
-    raise KeyError(f"unknown preset {preset!r}; use toy or sd")
+    raise ValueError(f"unknown preset {preset!r}; use toy or sd")
   return c

@@ -80,5 +80,5 @@ def get_config(preset=None):
     c.checkpoint_every = 3
     c.sample_every = 0
   else:
-    raise KeyError(f"unknown preset {preset!r}; use default or tiny")
+    raise ValueError(f"unknown preset {preset!r}; use default or tiny")
   return c

@@ -11,11 +11,14 @@ Conventions (shared by the NeRF renderer, the solids sphere tracer and the prior
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
+
 import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jax3d.configuration import Range
 from jax3d.errors import UserError
 
 
@@ -40,12 +43,12 @@ class Camera:
 @dataclasses.dataclass(frozen=True)
 class CameraConfig:
   """A random-orbit camera distribution (values: configs/, or `solids.scenes.camera_config`)."""
-  height: int
-  width: int
-  distance: float
-  distance_jitter: float
-  fov_deg: float
-  fov_jitter_deg: float
+  height: Annotated[int, Range(1, 8192)]
+  width: Annotated[int, Range(1, 8192)]
+  distance: Annotated[float, Range(0, lo_open=True)]
+  distance_jitter: Annotated[float, Range(0)]
+  fov_deg: Annotated[float, Range(0, 179, lo_open=True)]
+  fov_jitter_deg: Annotated[float, Range(0)]
   elevation_range: tuple[float, float]
   azimuth_range: tuple[float, float]
 

@@ -8,7 +8,11 @@ modules (jax, diffusers) are imported inside the handlers so `jax3d --help` stay
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import math
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -96,6 +100,9 @@ def _cmd_generate(args, overrides):
 def _cmd_export(args, overrides):
   del overrides
   from jax3d.train import runner
+  if args.level is not None and not math.isfinite(args.level):
+    raise UserError(f"--level must be a finite density, got {args.level}; leave it out for "
+                    f"the automatic rule")
   results = runner.export_command(args.workdir, level=args.level)
   for k, r in enumerate(results):
     print(f"particle {k}: {r['num_vertices']} vertices at density level {r['mesh_level']:.3g} "
@@ -107,6 +114,8 @@ def _cmd_eval(args, overrides):
   del overrides
   from jax3d import bench
   from jax3d.train import runner
+  if not 16 <= args.resolution <= 512:
+    raise UserError(f"--resolution must be in [16, 512], got {args.resolution}")
   summary = runner.eval_command(args.workdir, resolution=args.resolution)
   bench.print_table(summary["particles"], title=f"jax3d eval: {summary['prompt']!r}")
   if "diversity" in summary:
@@ -209,7 +218,36 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+@contextlib.contextmanager
+def _signals_raise():
+  """SIGTERM raises `Interrupted` anywhere in the command (as SIGINT raises
+  KeyboardInterrupt); the training loop swaps in its own handler to stop at a step boundary."""
+  def handle(signum, frame):
+    del frame
+    raise Interrupted(signum=signum)
+  try:
+    old = signal.signal(signal.SIGTERM, handle)
+  except ValueError:  # Not the main thread: leave signals alone.
+    yield
+    return
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, old)
+
+
+def _error(lines: Sequence[str]) -> int:
+  for line in lines:
+    print(f"jax3d: error: {line}", file=sys.stderr)
+  return EXIT_USER_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  with _signals_raise():
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
   parser = build_parser()
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
@@ -222,14 +260,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable = args.handler
     code = handler(args, overrides)
   except UserError as e:
-    print(f"jax3d: error: {e}", file=sys.stderr)
-    return EXIT_USER_ERROR
+    return _error(getattr(e, "problems", None) or [str(e)])
   except Interrupted as e:
     print(f"jax3d: {e}", file=sys.stderr)
-    return 130
+    return e.exit_code
   except KeyboardInterrupt:
-    print("jax3d: interrupted", file=sys.stderr)
-    return 130
+    e = Interrupted(signum=signal.SIGINT)
+    print(f"jax3d: {e}", file=sys.stderr)
+    return e.exit_code
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    return _error([f"no space left on device writing {e.filename or 'a file'}; free space "
+                   f"and rerun the same command to resume (completed checkpoints are kept)"])
   return int(code or 0)
 
 

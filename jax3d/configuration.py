@@ -18,6 +18,7 @@ import importlib.resources
 import importlib.util
 import inspect
 import json
+import math
 import os
 import types
 import typing
@@ -36,20 +37,31 @@ def shipped_config_path(name: str) -> str:
   return str(importlib.resources.files("jax3d.configs").joinpath(name))
 
 
+def _shipped_names() -> list[str]:
+  return sorted(p.name[:-3] for p in importlib.resources.files("jax3d.configs").iterdir()
+                if p.name.endswith(".py") and not p.name.startswith("_"))
+
+
 def _resolve(path: str) -> str:
+  """A bare name (no folder, no `.py`) is a shipped config, whatever lies in the working
+  folder; anything else is a file, falling back to the shipped file of that name."""
+  if os.sep not in path and not path.endswith(".py"):
+    shipped = shipped_config_path(path)
+    if os.path.isfile(shipped):
+      return shipped
+    local = f" (for the file in this folder write ./{path})" if os.path.exists(path) else ""
+    raise UserError(f"config {path!r} is not a shipped config{local}; give a path to a .py "
+                    f"config or one of the shipped names: {', '.join(_shipped_names())}")
   if os.path.isfile(path):
     if not path.endswith(".py"):
       raise UserError(f"config file {path!r} is not a .py file; configs are Python files "
                       f"defining get_config(preset)")
     return path
   shipped = shipped_config_path(path)
-  if os.path.isfile(shipped):
+  if path.endswith(".py") and os.path.isfile(shipped):
     return shipped
-  available = sorted(
-      p.name[:-3] for p in importlib.resources.files("jax3d.configs").iterdir()
-      if p.name.endswith(".py") and not p.name.startswith("_"))
   raise UserError(f"config file {path!r} not found; give a path to a .py config or one of "
-                  f"the shipped names: {', '.join(available)}")
+                  f"the shipped names: {', '.join(_shipped_names())}")
 
 
 def load(spec: str, default_preset: str | None = None) -> ml_collections.ConfigDict:
@@ -72,10 +84,12 @@ def load(spec: str, default_preset: str | None = None) -> ml_collections.ConfigD
                     f"':{preset}'")
   try:
     config = module.get_config(preset) if takes_preset else module.get_config()
-  except KeyError as e:
-    raise UserError(f"config {path} has no preset {preset!r}: {e}") from e
   except Exception as e:  # A user's config file with a bug is a user error.
-    raise UserError(f"config {path}:{preset} failed: {type(e).__name__}: {e}") from e
+    raise UserError(f"config {path}{':' + preset if preset else ''} failed: "
+                    f"{type(e).__name__}: {e}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f"config {path}: get_config must return an ml_collections.ConfigDict, got "
+                    f"{type(config).__name__}")
   return config
 
 
@@ -140,39 +154,89 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 T = TypeVar("T")
 
 
+class ConfigError(UserError):
+  """Every problem found in one config (the CLI prints one line per problem)."""
+
+  def __init__(self, problems: Sequence[str]):
+    super().__init__("; ".join(problems))
+    self.problems = list(problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """The values a number may take, as an annotation `typed` checks:
+  `Annotated[int, Range(1, 4096)]` (ends included unless `lo_open`)."""
+  lo: float | None = None
+  hi: float | None = None
+  lo_open: bool = False
+
+  def __contains__(self, value) -> bool:
+    above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+    return above and (self.hi is None or value <= self.hi)
+
+  def __str__(self) -> str:
+    if self.hi is None:
+      return f"{'>' if self.lo_open else '>='} {self.lo}"
+    if self.lo is None:
+      return f"<= {self.hi}"
+    return f"{'(' if self.lo_open else '['}{self.lo}, {self.hi}]"
+
+
+def _problems(e: UserError) -> list[str]:
+  return e.problems if isinstance(e, ConfigError) else [str(e)]
+
+
 def typed(cls: type[T], config: ml_collections.ConfigDict | dict, key: str = "") -> T:
   """The frozen dataclass `cls` built from `config`, strictly.
 
   Every field of `cls` must be a key of `config` and every key a field; values are checked
   against the field annotations (bool, int, float, str, `Literal[...]`, `X | None`,
-  `tuple[X, ...]`, fixed-length tuples and nested dataclasses, recursively). A value check in
-  the dataclass itself (`__post_init__` raising `UserError`) is reported with the key prefix.
-  `key` is the dotted path of `config` (for messages).
+  `tuple[X, ...]`, fixed-length tuples, `Annotated[X, Range(lo, hi)]` and nested dataclasses,
+  recursively). A value check in the dataclass itself (`__post_init__` raising `UserError`)
+  is reported with the key prefix. Every problem is collected before one `ConfigError` is
+  raised. `key` is the dotted path of `config` (for messages).
   """
   if not isinstance(config, (ml_collections.ConfigDict, dict)):
     raise UserError(f"config key {key!r} must be a group of settings, got {config!r}")
   values = dict(config.items())
   names = [f.name for f in dataclasses.fields(cls) if f.init]
   where = f"{key}." if key else ""
-  unknown = sorted(set(values) - set(names))
+  problems = []
+  unknown = [where + k for k in sorted(set(values) - set(names))]
   if unknown:
-    raise UserError(f"unknown config key {where + unknown[0]!r}; known keys at that level: "
+    problems.append(f"unknown config key{'s' * (len(unknown) > 1)} "
+                    f"{', '.join(map(repr, unknown))}; known keys at that level: "
                     f"{', '.join(sorted(names))}")
-  missing = [n for n in names if n not in values]
+  missing = [where + n for n in names if n not in values]
   if missing:
-    raise UserError(f"config key {where + missing[0]!r} is missing; a preset in configs/ must "
-                    f"set it")
-  hints = typing.get_type_hints(cls)
-  kwargs = {n: _coerce(hints[n], values[n], where + n) for n in names}
+    problems.append(f"config key{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} "
+                    f"{'are' if len(missing) > 1 else 'is'} missing; a preset in configs/ "
+                    f"must set {'them' if len(missing) > 1 else 'it'}")
+  hints = typing.get_type_hints(cls, include_extras=True)
+  kwargs = {}
+  for n in names:
+    if n in values:
+      try:
+        kwargs[n] = _coerce(hints[n], values[n], where + n)
+      except UserError as e:
+        problems += _problems(e)
+  if problems:
+    raise ConfigError(problems)
   try:
     return cls(**kwargs)
   except UserError as e:
-    raise UserError(f"{key}: {e}" if key else str(e)) from None
+    raise ConfigError([f"{key}: {p}" if key else p for p in _problems(e)]) from None
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
   """`value` as annotation `tp` (see `typed`), or a UserError naming `key`."""
   origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin is typing.Annotated:
+    value = _coerce(args[0], value, key)
+    for bound in args[1:]:
+      if isinstance(bound, Range) and value not in bound:
+        raise UserError(f"config key {key!r} is {value!r}; allowed: {bound}")
+    return value
   if dataclasses.is_dataclass(tp):
     return typed(tp, value, key)
   if origin in (typing.Union, types.UnionType):
@@ -207,6 +271,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
   if tp is float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise UserError(f"config key {key!r} must be a number, got {value!r}")
+    if not math.isfinite(value):
+      raise UserError(f"config key {key!r} is {value!r}; it must be a finite number")
     return float(value)
   if tp is str:
     if not isinstance(value, str):

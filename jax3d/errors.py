@@ -1,8 +1,10 @@
 """The exceptions the CLI turns into one line on stderr (see `jax3d.cli.main`).
 
-`UserError` (a mistake a user can fix) exits with code 2, `Interrupted` (SIGINT/SIGTERM during
-training, after a checkpoint) with 130; everything else is a bug and keeps its traceback.
+`UserError` (a mistake a user can fix) exits with code 2; `Interrupted` (SIGINT or SIGTERM)
+with 128 + the signal's number; everything else is a bug and keeps its traceback.
 """
+
+import signal
 
 
 class UserError(Exception):
@@ -10,10 +12,24 @@ class UserError(Exception):
 
 
 class Interrupted(Exception):
-  """SIGINT/SIGTERM arrived during training; a checkpoint was saved at `step`."""
+  """SIGINT/SIGTERM arrived; `step` is set when training saved a checkpoint first."""
 
-  def __init__(self, step: int):
-    super().__init__(f"interrupted; checkpoint saved at step {step}: rerun the same command "
-                     f"to resume")
-    self.step = step
+  def __init__(self, step: int | None = None, signum: int = signal.SIGINT):
+    name = signal.Signals(signum).name
+    if step is None:
+      message = (f"interrupted by {name} before the command finished; rerun the same command "
+                 f"to finish it (completed checkpoints are kept)")
+    else:
+      message = (f"interrupted by {name}; checkpoint saved at step {step}: rerun the same "
+                 f"command to resume")
+    super().__init__(message)
+    self.step, self.signum = step, signum
 
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
+
+
+def shown(text: str, limit: int = 80) -> str:
+  """`text` quoted for an error message, cut to `limit` characters."""
+  return repr(text if len(text) <= limit else text[:limit] + "…")

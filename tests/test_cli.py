@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import types
@@ -61,7 +62,7 @@ def test_load_a_user_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("spec,match", [
-    ("no_such_config:toy", "not found.*dreamfusion"),
+    ("no_such_config:toy", "not a shipped config.*dreamfusion"),
     ("/no/such/dir/config.py", "not found"),
     ("dreamfusion:no_such_preset", "no_such_preset"),
     ("solids_prior:toy", "'toy'"),
@@ -273,20 +274,22 @@ def test_cli_module_error_is_one_line_without_traceback():
   assert "nope" in lines[0] and out.stdout == ""
 
 
-def test_interrupted_training_is_one_line_and_exit_130(capsys, monkeypatch):
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_training_is_one_line_and_exit_128_plus_signal(capsys, monkeypatch, signum,
+                                                                   code):
   from jax3d.errors import Interrupted  # pylint: disable=g-import-not-at-top
   fake = types.ModuleType("jax3d.bench")
 
   def interrupted(args):
-    raise Interrupted(7)
+    raise Interrupted(7, signum=signum)
   fake.main = interrupted
   monkeypatch.setitem(sys.modules, "jax3d.bench", fake)
   monkeypatch.setattr(jax3d, "bench", fake, raising=False)
-  code = cli.main(["bench", "render", "--quick"])
+  assert cli.main(["bench", "render", "--quick"]) == code
   _, err = capsys.readouterr()
-  assert code == 130
   assert err.strip().splitlines() == [
-      "jax3d: interrupted; checkpoint saved at step 7: rerun the same command to resume"]
+      f"jax3d: interrupted by {signal.Signals(signum).name}; checkpoint saved at step 7: rerun "
+      f"the same command to resume"]
 
 
 def test_python_dash_m_jax3d_runs_the_cli():

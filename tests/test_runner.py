@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +15,11 @@ import numpy as np
 import pytest
 
 import tiny_pipeline as tp
+from jax3d.errors import UserError
 from jax3d.systems import registry
+from jax3d.train import checkpoint
 from jax3d.train import loop
+from jax3d.train import run_folder
 from jax3d.train import runner
 from jax3d.train.checkpoint import Checkpointer
 
@@ -179,7 +183,7 @@ def test_particles_flag_sets_the_population(prior_dir, tmp_path, capsys):
   assert cli.main(["generate", "a red cube", "--prior", prior_dir, "--particles", "0", *TINY,
                    "--workdir", str(workdir)]) == 2
   lines = capsys.readouterr().err.strip().splitlines()
-  assert len(lines) == 1 and "num_particles must be >= 1, got 0" in lines[0], lines
+  assert len(lines) == 1 and "'num_particles' is 0; allowed: [1, 65536]" in lines[0], lines
   assert not workdir.exists()
 
 
@@ -192,7 +196,7 @@ def test_generate_refuses_unwritable_and_other_runs(prior_dir, tmp_path):
   (other / "config.json").write_text(json.dumps({"run": {"prompt": "a blue cone"}}))
   r = _run("generate", "a red cube", "--prior", prior_dir, *TINY, "--workdir", str(other),
            cwd=tmp_path)
-  _assert_user_error(r, None, "different prompt")
+  _assert_user_error(r, None, "differing in prompt")
   assert sorted(os.listdir(other)) == ["config.json"]
 
 
@@ -238,3 +242,116 @@ def test_bench_solids_refuses_a_clashing_workdir_before_running(tmp_path):
   _assert_user_error(r, None, "a-blue-cone")
   assert sorted(os.listdir(root / "sjc")) == ["a-blue-cone"]  # "a red cube" never started
   assert not (tmp_path / "out.json").exists()
+
+
+def test_a_rerun_of_a_finished_run_keeps_its_final_metrics(prior_dir, tmp_path):
+  overrides = [a[len("--config."):] for a in TINY] + ["num_steps=2"]
+  _, cfg = registry.resolve(None, None, overrides)
+  workdir = str(tmp_path / "w")
+  first = runner.generate("a red cube", workdir, cfg, prior_dir, enable_bar=False)
+  again = runner.generate("a red cube", workdir, cfg, prior_dir, enable_bar=False)
+  assert again["resumed_from"] == 2 and again["steps"] == 2
+  assert first["final_metrics"] and again["final_metrics"] == first["final_metrics"]
+  written = json.loads((tmp_path / "w" / "final" / "metrics.json").read_text())
+  assert written["final_metrics"] == first["final_metrics"]
+
+
+def test_overwrite_moves_the_old_run_aside_until_the_new_one_checkpoints(prior_dir, tmp_path,
+                                                                         monkeypatch):
+  overrides = [a[len("--config."):] for a in TINY] + ["num_steps=2"]
+  _, cfg = registry.resolve(None, None, overrides)
+  workdir = tmp_path / "w"
+  runner.generate("a red cube", str(workdir), cfg, prior_dir, stop_after=1, enable_bar=False)
+  seen = []
+  real_discard = run_folder.discard
+
+  def discard(aside):
+    seen.append(aside)
+    if len(seen) == 1:  # At the new run's first checkpoint the old run is still whole.
+      assert aside and os.path.isfile(os.path.join(aside, "checkpoints", "1", "_CHECKPOINT_METADATA"))
+      assert json.loads(pathlib.Path(aside, "config.json").read_text())["run"]["prompt"] == (
+          "a red cube")
+    real_discard(aside)
+  monkeypatch.setattr(run_folder, "discard", discard)
+  with pytest.raises(UserError, match="different run"):
+    runner.generate("a blue cone", str(workdir), cfg, prior_dir, enable_bar=False)
+  runner.generate("a blue cone", str(workdir), cfg, prior_dir, overwrite=True,
+                  enable_bar=False)
+  assert seen and not os.path.exists(seen[0])
+  assert json.loads((workdir / "config.json").read_text())["run"]["prompt"] == "a blue cone"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+
+
+def test_a_second_process_is_refused_while_one_holds_the_run(prior_dir, tmp_path):
+  """Two processes: the holder locks W; `jax3d generate` on W gets one line naming the
+  holder's pid and writes nothing; once the holder is SIGKILLed its stale lock is taken."""
+  workdir = tmp_path / "w"
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from jax3d.train import run_folder\n"
+       f"with run_folder.Lock({str(workdir)!r}, 'generate'):\n"
+       "  print('locked', flush=True); time.sleep(600)"],
+      env=_env(), stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    r = _run("generate", "a red cube", "--prior", prior_dir, *TINY, "--workdir", str(workdir),
+             cwd=tmp_path)
+    _assert_user_error(r, None, f"in use by another jax3d process (pid {holder.pid}")
+    r = _run("train-prior", "--workdir", str(workdir), "--config", "solids_prior:tiny",
+             cwd=tmp_path)
+    _assert_user_error(r, None, f"(pid {holder.pid}, jax3d generate)")
+    assert sorted(os.listdir(workdir)) == [run_folder.LOCK]
+  finally:
+    holder.kill()
+    holder.wait()
+  with run_folder.Lock(str(workdir), "generate"):
+    assert (workdir / run_folder.LOCK).read_text().startswith(f"pid {os.getpid()},")
+
+
+def _counting_step(state, key):
+  del key
+  return {"x": state["x"] + 1.0}, {"loss": state["x"]}
+
+
+def test_disk_full_during_a_save_is_one_error_and_the_last_checkpoint_resumes(tmp_path,
+                                                                             monkeypatch):
+  """The disk fills while checkpoint 4 is written (orbax's wrapped ENOSPC): DiskFull names
+  step 4 and the last complete one (2), the partial folder is removed, and rerunning resumes
+  from step 2 to the same end."""
+  ckpt = Checkpointer(str(tmp_path / "ckpt"))
+  real_save = ckpt._manager.save  # pylint: disable=protected-access
+
+  def save(step, *args, **kwargs):
+    if step == 4:
+      (tmp_path / "ckpt" / "4.orbax-checkpoint-tmp").mkdir()
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing "x": Failed to write 8 bytes: No '
+                       "space left on device [os_error_code='28']")
+    return real_save(step, *args, **kwargs)
+  monkeypatch.setattr(ckpt._manager, "save", save)  # pylint: disable=protected-access
+  schedule = loop.Schedule(num_steps=6, checkpoint_every=2)
+  with pytest.raises(checkpoint.DiskFull) as e:
+    loop.run(_counting_step, {"x": jnp.zeros(())}, jax.random.key(0), schedule, ckpt)
+  assert str(e.value) == (
+      f"no space left on device writing checkpoint 4 in {tmp_path / 'ckpt'}; the last "
+      f"complete checkpoint is step 2; free space and rerun the same command to resume")
+  assert sorted(os.listdir(tmp_path / "ckpt")) == ["2"]
+  ckpt.close()
+  ckpt = Checkpointer(str(tmp_path / "ckpt"))
+  result = loop.run(_counting_step, {"x": jnp.zeros(())}, jax.random.key(0), schedule, ckpt)
+  ckpt.close()
+  assert result.resumed_from == 2 and float(result.state["x"]) == 6.0
+  assert result.metrics == {"loss": 5.0}
+
+
+def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
+  ckpt = Checkpointer(str(tmp_path / "ckpt"))
+  loop.run(_counting_step, {"x": jnp.zeros(())}, jax.random.key(0),
+           loop.Schedule(num_steps=2, checkpoint_every=2), ckpt)
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                      lambda path: usage._replace(free=1000))
+  with pytest.raises(checkpoint.DiskFull, match="checkpoint 4 .*the last complete checkpoint "
+                                                "is step 2"):
+    loop.run(_counting_step, {"x": jnp.zeros(())}, jax.random.key(0),
+             loop.Schedule(num_steps=4, checkpoint_every=2), ckpt)
+  ckpt.close()
+  assert sorted(os.listdir(tmp_path / "ckpt")) == ["2"]

@@ -265,3 +265,44 @@ def test_one_particle_splits_its_rays_over_every_device(monkeypatch):
   alone, _ = one.train_step(one.init(jax.random.key(0)), jax.random.key(1))
   for a, b in zip(jax.tree.leaves(state.particles), jax.tree.leaves(alone.particles)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_ahead_step_is_the_jitted_step_and_counts_its_memory():
+  """`compile_step` on 4 devices: the step it compiles gives the jitted step's states bit for
+  bit, and its memory figure is at least the per-device arguments (state + inputs)."""
+  system, _, history, _ = _pull(4, DEVICES)
+  fresh = Pull(system.config, system.mesh)
+  need = fresh.compile_step()
+  state = fresh.init(jax.random.key(0))
+  per_device = sum(x.addressable_shards[0].data.nbytes
+                   for x in jax.tree.leaves((state, fresh.inputs)))
+  assert need is not None and need >= per_device
+  for i in range(3):
+    state, _ = fresh.train_step(state, jax.random.fold_in(jax.random.key(1), i))
+  for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, state)),
+                  jax.tree.leaves(history[-1])):
+    np.testing.assert_array_equal(a, b)
+  assert fresh._jitted_step._cache_size() == 0  # pylint: disable=protected-access
+
+
+def test_step_memory_grows_with_the_render_and_refuses_what_cannot_fit(monkeypatch):
+  """XLA's estimate for a DreamFusion step is affine in the pixels rendered (the growth from
+  32² to 64² is 4x that from 16² to 32²); a step larger than the device's memory is a
+  one-line UserError naming the settings to lower."""
+  from jax3d.errors import UserError  # pylint: disable=g-import-not-at-top
+  from jax3d.train import memory  # pylint: disable=g-import-not-at-top
+  prior = _tiny_analytic()
+  needs = {}
+  for size in (16, 32, 64):
+    _, cfg = registry.resolve(None, None, [f"camera.height={size}", f"camera.width={size}",
+                                           "views_per_step=1", "render.num_samples=16"])
+    system = registry.make_system("sds", "a red cube", cfg, prior,
+                                  sharding.make_mesh(1, DEVICES[:1]))
+    needs[size] = system.compile_step()
+  growth = (needs[64] - needs[32]) / (needs[32] - needs[16])
+  assert 3.4 < growth < 4.6, needs
+  monkeypatch.setattr(memory, "device_bytes", lambda devices: needs[64] - 1)
+  with pytest.raises(UserError, match=r"camera.height/width \(64x64\), render.num_samples "
+                                      r"\(16\), views_per_step \(1\)"):
+    memory.check_step_fits(needs[64], DEVICES[:1], memory.step_hint(system.config))
+  memory.check_step_fits(needs[16], DEVICES[:1], memory.step_hint(system.config))

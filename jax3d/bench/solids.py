@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from jax3d.bench.table import Row
+from jax3d.errors import UserError
 
 BARS = ("bars: shape_correct >= 0.9, colour_correct >= 0.9, mean silhouette IoU >= 0.85 "
         "(shipped prior); IoU >= 0.92 (analytic prior)")
@@ -22,12 +23,15 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
   from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
   from jax3d.solids import scenes  # pylint: disable=g-import-not-at-top
   from jax3d.systems import registry  # pylint: disable=g-import-not-at-top
-  from jax3d.train import runner  # pylint: disable=g-import-not-at-top
+  from jax3d.train import run_folder, runner  # pylint: disable=g-import-not-at-top
 
   if args.prompts == "all":
     prompts = scenes.colour_prompts()
   else:
     prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
+    if not prompts:
+      raise UserError(f"--prompts {args.prompts!r} names no prompt; give 'all' or prompts "
+                      f"separated by ';', e.g. 'a red cube;a blue cone'")
   for p in prompts:
     scenes.parse_prompt(p)
   method, cfg = registry.resolve(args.method, args.config, args.overrides)
@@ -40,8 +44,7 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
               "prompts": prompts, "grid_label": BARS}
   workdirs = [os.path.join(args.workdir_root, method, p.replace(" ", "-")) for p in prompts]
   for prompt, workdir in zip(prompts, workdirs):  # Refuse a clash before the first hour runs.
-    runner.check_workdir(workdir, runner.run_identity(prompt, method, prior, cfg),
-                         overwrite=False)
+    run_folder.check(workdir, runner.run_identity(prompt, method, prior, cfg), overwrite=False)
   rows = []
   for prompt, workdir in zip(prompts, workdirs):
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -113,10 +114,14 @@ def sample_command(args) -> int:
   if args.steps < 1:
     raise UserError(f"--steps must be at least 1, not {args.steps}")
   out = os.path.abspath(args.out)
+  if os.path.isdir(out):
+    raise UserError(f"--out {args.out} is a folder; give the path of a .png file")
   if not os.path.isdir(os.path.dirname(out)):
     raise UserError(f"the folder of --out {args.out} does not exist")
-  if registry.analytic_views(args.prior) is not None:
-    scenes.parse_prompt(args.prompt)  # Fail fast, before rendering the image set.
+  if not args.prompt.strip():
+    raise UserError("the prompt is empty; give a text prompt such as 'a red cube'")
+  if registry.is_solids_prior(args.prior):
+    scenes.parse_prompt(args.prompt)  # The solids priors know solids prompts only.
   prior = registry.load_prior(args.prior, dtype=args.dtype, allow_pickle=args.allow_pickle)
   if args.steps > prior.num_train_timesteps:
     raise UserError(f"--steps must be at most {prior.num_train_timesteps}, not {args.steps}")
@@ -124,11 +129,17 @@ def sample_command(args) -> int:
   gs = prior.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
   images = ddim_sample(prior, prior.params, jax.random.key(args.seed), cond, prior.uncond(1),
                        num_steps=args.steps, guidance_scale=gs)
-  tmp = out + ".tmp"
   n = images.shape[0]
   grid = video.image_grid(np.asarray(images), ncols=int(math.ceil(math.sqrt(n))), pad=2)
-  Image.fromarray(grid).save(tmp, format="PNG")
-  os.replace(tmp, out)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".jax3d-sample-", suffix=".png")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      Image.fromarray(grid).save(f, format="PNG")
+    os.replace(tmp, out)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
   print(f"wrote {args.num} sample(s) of {args.prompt!r} from the {prior.name} prior to "
         f"{args.out}")
   return 0

@@ -17,13 +17,14 @@ field's params, so NeRF, voxel grids and anything else share it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Annotated, Callable, Mapping
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from jax3d import cameras
+from jax3d.configuration import Range
 from jax3d.errors import UserError
 
 FieldFn = Callable[[jax.Array, jax.Array], Mapping[str, jax.Array]]
@@ -34,15 +35,10 @@ PER_SAMPLE_KEYS = ("weights", "t", "deltas", "samples")
 @dataclasses.dataclass(frozen=True)
 class RenderConfig:
   """Ray-marching settings."""
-  num_samples: int  # S, samples per ray
-  bound: float  # the scene cube's half size
+  num_samples: Annotated[int, Range(1, 16384)]  # S, samples per ray
+  bound: Annotated[float, Range(0, lo_open=True)]  # the scene cube's half size
   stratified: bool  # jitter samples in their bins when a key is given
-  min_near: float  # samples start no closer than this to the ray origin
-
-  def __post_init__(self):
-    if self.num_samples < 1 or self.bound <= 0:
-      raise UserError(f"render needs num_samples >= 1 and bound > 0, got {self.num_samples} "
-                      f"and {self.bound}")
+  min_near: Annotated[float, Range(0)]  # samples start no closer than this to the ray origin
 
 
 def intersect_box(origins: jax.Array, directions: jax.Array, bound: float,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax3d import cameras
-from jax3d.errors import UserError
+from jax3d.errors import UserError, shown
 
 SOLIDS = ("sphere", "cube", "cylinder", "cone", "torus")
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
@@ -109,7 +109,7 @@ def parse_prompt(prompt: str) -> Scene:
         (m.group("view") is None or _view(m.group("view")) in _KNOWN_VIEWS))
   if not ok:
     raise UserError(
-        f"{prompt!r} is not a solids prompt; the solids world knows 'a {{colour}} {{solid}}' "
+        f"{shown(prompt)} is not a solids prompt; the solids world knows 'a {{colour}} {{solid}}' "
         f"and 'a {{solid}}' (optionally ', {{front|side|back|overhead}} view' or ', azimuth "
         f"{{0|30|...|330}} view') with colour in "
         f"{{{', '.join(COLOURS)}}} and solid in {{{', '.join(SOLIDS)}}}")

@@ -77,6 +77,9 @@ class System(Protocol):
     """One step of every particle and the shared part: pure in (state, key), jitted; the
     metrics are scalars (population means)."""
 
+  def compile_step(self) -> int | None:
+    """Compiles `train_step` ahead of time; the bytes per device it needs (None: unknown)."""
+
   def render(self, state: State, particle: int, camera: cameras.Camera,
              step: int) -> dict[str, jax.Array]:
     """A deterministic view of one particle from one camera (previews, turntables): 'rgb'
@@ -213,9 +216,25 @@ class PopulationSystem:
   def _jitted_step(self) -> Callable:
     return jax.jit(self._step, donate_argnums=(0,))
 
+  def compile_step(self) -> int | None:
+    """Compiles the step ahead of time (later `train_step` calls run this program) and
+    returns the device memory it needs per device by XLA's analysis: arguments, outputs not
+    aliased to donated arguments, and temporaries, in bytes (None where the backend does
+    not say)."""
+    shapes = jax.eval_shape(self.init, jax.random.key(0))
+    like = jax.tree.map(lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+                        shapes, sharding.state_shardings(shapes, self.mesh))
+    self._compiled = self._jitted_step.lower(like, jax.random.key(0), self.inputs).compile()
+    stats = self._compiled.memory_analysis()
+    if stats is None:
+      return None
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes -
+               stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
   def train_step(self, state: State, key: jax.Array) -> tuple[State, dict[str, jax.Array]]:
     """One step for every particle, then the shared part; pure in (state, key)."""
-    return self._jitted_step(state, key, self.inputs)
+    step = getattr(self, "_compiled", None) or self._jitted_step
+    return step(state, key, self.inputs)
 
 
 __all__ = ["State", "StepParts", "System", "PopulationSystem", "SHARED_STREAM"]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from jax3d import cameras
+from jax3d.configuration import Range
 from jax3d.errors import UserError
 from jax3d.export import mesh as mesh_lib
 from jax3d.fields import radiance
@@ -49,16 +50,12 @@ class ViewWords:
 @dataclasses.dataclass(frozen=True)
 class FieldRunConfig(settings.RunConfig):
   """The settings every `FieldSystem` reads besides `guidance` (a `ViewWords`) and its field."""
-  views_per_step: int  # cameras rendered per particle per step
+  views_per_step: Annotated[int, Range(1, 4096)]  # cameras rendered per particle per step
   camera: cameras.CameraConfig
   render: volume.RenderConfig
   background: tuple[float, float, float]  # what empty rays composite to (RGB)
   optim: settings.OptimConfig
 
-  def __post_init__(self):
-    super().__post_init__()
-    if self.views_per_step < 1:
-      raise UserError(f"views_per_step must be >= 1, got {self.views_per_step}")
 
 
 def view_prompts(prompt: str, view_dependent: bool, scheme: str) -> list[str]:

@@ -62,13 +62,18 @@ def resolve(method: str | None, config_spec: str | None,
   return named, config
 
 
+def check_config(method: str, config: ml_collections.ConfigDict):
+  """The method's typed `Config` of `config`; a `configuration.ConfigError` listing every
+  problem (unknown, missing, mistyped or out-of-range keys) otherwise."""
+  return configuration.typed(system_class(method).Config, config)
+
+
 def make_system(method: str, prompt: str, config: ml_collections.ConfigDict, prior: Any,
                 mesh=None):
   """The method's system on `prompt`: the config checked strictly into the system's typed
   `Config` (configuration.typed), then validated against the prior."""
-  cls = system_class(method)
-  return cls(prompt, configuration.typed(cls.Config, config), prior, mesh)
+  return system_class(method)(prompt, check_config(method, config), prior, mesh)
 
 
 __all__ = ["SYSTEMS", "Entry", "DEFAULT_METHOD", "entry", "system_class", "resolve",
-           "make_system"]
+           "check_config", "make_system"]

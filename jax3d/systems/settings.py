@@ -7,9 +7,11 @@ A system's own config class extends `RunConfig` with its method's sections.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import optax
 
+from jax3d.configuration import Range
 from jax3d.errors import UserError
 
 OPTIMIZERS = ("adam", "adamax")
@@ -18,12 +20,12 @@ OPTIMIZERS = ("adam", "adamax")
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
   """The final mesh (marching cubes) and turntable of each particle."""
-  mesh_resolution: int
+  mesh_resolution: Annotated[int, Range(2, 1024)]
   mesh_level: float  # <= 0: the level whose silhouettes match the renders (export.mesh)
-  video_frames: int
-  video_size: int
-  video_elevation: float
-  video_fps: float
+  video_frames: Annotated[int, Range(1, 3600)]
+  video_size: Annotated[int, Range(8, 2048)]
+  video_elevation: Annotated[float, Range(-90, 90)]
+  video_fps: Annotated[float, Range(0, 240, lo_open=True)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,17 +34,12 @@ class RunConfig:
   method: str  # the systems.registry name of the system this config is for
   seed: int
   prior: str  # --prior's default: a priors.registry name or a folder; "" = none
-  num_particles: int
-  num_steps: int
-  log_every: int
-  preview_every: int  # 0 = never
-  checkpoint_every: int
+  num_particles: Annotated[int, Range(1, 65536)]
+  num_steps: Annotated[int, Range(1)]
+  log_every: Annotated[int, Range(1)]
+  preview_every: Annotated[int, Range(0)]  # 0 = never
+  checkpoint_every: Annotated[int, Range(1)]
   export: ExportConfig
-
-  def __post_init__(self):
-    for name in ("num_particles", "num_steps", "log_every", "checkpoint_every"):
-      if getattr(self, name) < 1:
-        raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)

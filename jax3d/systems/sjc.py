@@ -64,7 +64,6 @@ class Config(field_system.FieldRunConfig):
   regularizers: Regularizers
 
   def __post_init__(self):
-    super().__post_init__()
     if self.render_space not in RENDER_SPACES:
       raise UserError(f"unknown render_space {self.render_space!r}; choose one of "
                       f"{', '.join(RENDER_SPACES)}")

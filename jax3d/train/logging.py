@@ -26,6 +26,7 @@ class Logger:
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     for k, v in values.items():
       self.writer.add_scalar(k, float(v), step)
+    self.writer.flush()  # A killed process keeps every logged step.
 
   def image(self, step: int, tag: str, image: np.ndarray) -> None:
     """`image` (H, W, 3) uint8 or float in [0, 1]."""

@@ -78,20 +78,24 @@ def run(step_fn: Callable[[Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
         checkpointer: Checkpointer, logger: Logger | None = None,
         preview_fn: Callable[[int, Any], None] | None = None,
         meta: dict[str, Any] | None = None, bar_keys: tuple[str, ...] = ("loss",),
-        stop_after: int | None = None) -> Result:
-  """Runs (or resumes) training to `schedule.num_steps`; returns the final state.
+        stop_after: int | None = None,
+        on_checkpoint: Callable[[int], None] | None = None) -> Result:
+  """Runs (or resumes) training to `schedule.num_steps`; returns the final state and the
+  last step's metrics (kept in each checkpoint, so a resumed run that has no step left still
+  returns them).
 
   `stop_after` ends the run early after that many steps of this call, checkpointing first
-  (used by tests to simulate an interruption).
+  (used by tests to simulate an interruption). `on_checkpoint(step)` runs after each save.
   """
   state, resumed_from, start = init_state, None, 0
+  metrics: dict[str, float] = {}
   if checkpointer.latest_step() is not None:
-    state, _, start = checkpointer.restore(init_state)
+    state, saved, start = checkpointer.restore(init_state)
     resumed_from = start
+    metrics = dict(saved.get("metrics", {}))
   if logger is not None:
     logger.bar.reset(total=schedule.num_steps)
     logger.bar.update(start)
-  metrics: dict[str, float] = {}
   t_start = time.perf_counter()
   compile_time = 0.0
   steps_this_call = 0
@@ -121,9 +125,11 @@ def run(step_fn: Callable[[Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
       stopping = flag.received is not None or (
           stop_after is not None and steps_this_call >= stop_after)
       if step % schedule.checkpoint_every == 0 or step == schedule.num_steps or stopping:
-        checkpointer.save(step, state, meta)
+        checkpointer.save(step, state, {**(meta or {}), "metrics": metrics})
+        if on_checkpoint is not None:
+          on_checkpoint(step)
       if flag.received is not None:
-        raise Interrupted(step)
+        raise Interrupted(step, signum=flag.received)
       if stopping:
         break
   return Result(state=state, step=step, metrics=metrics,

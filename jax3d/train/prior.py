@@ -25,6 +25,7 @@ from jax3d.errors import UserError
 from jax3d.priors import sampling, solids_model
 from jax3d.solids import dataset as dataset_lib
 from jax3d.train import loop
+from jax3d.train import run_folder
 from jax3d.train.checkpoint import Checkpointer
 from jax3d.train.logging import Logger
 
@@ -183,8 +184,14 @@ def params_from_folder(init: dict[str, Any], spec: str) -> dict[str, Any]:
 
 def train(workdir: str, cfg: ml_collections.ConfigDict, stop_after: int | None = None,
           export_to: str | None = None, enable_bar: bool | None = None) -> dict[str, Any]:
-  """Trains (or resumes) the solids prior in `workdir`; exports the diffusers folder at the end."""
-  os.makedirs(workdir, exist_ok=True)
+  """Trains (or resumes) the solids prior in `workdir`; exports the diffusers folder at the
+  end. Holds the folder's lock (`run_folder.Lock`) throughout."""
+  run_folder.check_writable(workdir)
+  with run_folder.Lock(workdir, "train-prior"):
+    return _train(workdir, cfg, stop_after, export_to, enable_bar)
+
+
+def _train(workdir, cfg, stop_after, export_to, enable_bar) -> dict[str, Any]:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(configuration.to_json(cfg))
   setup = prepare(workdir, cfg)

@@ -1,7 +1,9 @@
 """`jax3d generate`: one runner for every method (validate, train, preview, export).
 
-Layout of a run folder:
-  config.json             the resolved config, prompt, method and prior (written at start)
+Layout of a run folder (its rules, lock and overwrite: `train.run_folder`):
+  .jax3d-run, .jax3d-lock the marker that makes it a run folder; the lock (holder's pid)
+  config.json             the run's identity (prompt, method, prior and its weights' sha256,
+                          dtype, resolved config) and the jax3d version, written at start
   tensorboard/            scalars (loss terms, gradient norm, opacity, t) and preview images
   previews/step_N.png     rendered views (top) beside their normals (bottom), per particle
   checkpoints/            orbax checkpoints; rerunning the same command resumes
@@ -13,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -23,60 +23,23 @@ import ml_collections
 import numpy as np
 
 from jax3d import cameras
-from jax3d.errors import UserError
+from jax3d.errors import UserError, shown
 from jax3d.systems import registry
+from jax3d.train import memory
+from jax3d.train import run_folder
 
 PREVIEW_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 PREVIEW_SIZE = 64
 
 
-def _check_writable(workdir: str) -> None:
-  probe = os.path.abspath(workdir)
-  while not os.path.exists(probe):
-    parent = os.path.dirname(probe)
-    if parent == probe:
-      break
-    probe = parent
-  try:  # A real probe (permission bits say little to root): make and remove a temp folder.
-    if not os.path.isdir(probe):
-      raise OSError
-    os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".jax3d-probe-"))
-  except OSError:
-    raise UserError(f"cannot write to --workdir {workdir}: {probe} is not a writable folder; "
-                    f"choose another folder") from None
-
-
-def run_identity(prompt: str, method: str, prior: str, cfg: ml_collections.ConfigDict) -> dict:
-  """What makes a run 'the same run' (for resuming): prompt, method, prior and config."""
-  return {"prompt": prompt, "method": method, "prior": prior, "config": cfg.to_dict()}
-
-
-def _normalize(obj):
-  return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def check_workdir(workdir: str, identity: dict, overwrite: bool) -> bool:
-  """True if the workdir holds this very run (resume); refuses a different run."""
-  _check_writable(workdir)
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    if os.path.isdir(workdir) and os.listdir(workdir) and not overwrite:
-      raise UserError(f"--workdir {workdir} is not empty and holds no jax3d run; choose an "
-                      f"empty folder or pass --overwrite")
-    return False
-  with open(path) as f:
-    try:
-      old = json.load(f)
-    except json.JSONDecodeError:
-      old = {}
-  if _normalize(old.get("run", {})) == _normalize(identity):
-    return True
-  if overwrite:
-    return False
-  what = "prompt" if old.get("run", {}).get("prompt") != identity["prompt"] else "config"
-  raise UserError(f"--workdir {workdir} holds a run with a different {what} "
-                  f"({old.get('run', {}).get('prompt')!r}); use another --workdir or pass "
-                  f"--overwrite to replace it")
+def run_identity(prompt: str, method: str, prior: str, cfg: ml_collections.ConfigDict,
+                 dtype: str = "float32") -> dict:
+  """What makes a run 'the same run' (for resuming): prompt, method, prior and the sha256
+  of its weights, dtype and config."""
+  from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
+  return {"prompt": prompt, "method": method, "prior": prior,
+          "prior_weights_sha256": priors.describe(prior)["weights_sha256"], "dtype": dtype,
+          "config": cfg.to_dict()}
 
 
 def resolve_prior(spec: str | None, cfg: ml_collections.ConfigDict) -> str:
@@ -145,28 +108,30 @@ def generate(prompt: str, workdir: str, cfg: ml_collections.ConfigDict,
   exports. `cfg` is a ConfigDict from `systems.registry.resolve`; `prior_spec` None: the
   config's `prior`."""
   from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
+
+  method = cfg.method
+  registry.check_config(method, cfg)  # Every config problem at once, before anything heavy.
+  prior_spec = resolve_prior(prior_spec, cfg)
+  check_prompt_for_prior(prompt, prior_spec)
+  identity = run_identity(prompt, method, prior_spec, cfg, dtype)
+  run_folder.check(workdir, identity, overwrite)
+  prior = priors.load_prior(prior_spec, dtype=dtype, allow_pickle=allow_pickle)
+  system = registry.make_system(method, prompt, cfg, prior)  # Checks against the prior.
+  memory.check_step_fits(system.compile_step(), list(system.mesh.devices.flat),
+                         memory.step_hint(system.config))
+  # Everything is valid: only now touch the disk.
+  with run_folder.start(workdir, identity, _version(), overwrite) as started:
+    return _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_bar,
+                             discard=lambda _: run_folder.discard(started["aside"]))
+
+
+def _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_bar,
+                      discard) -> dict[str, Any]:
+  from jax3d.export import video  # pylint: disable=g-import-not-at-top
   from jax3d.train import loop  # pylint: disable=g-import-not-at-top
   from jax3d.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   from jax3d.train.logging import Logger  # pylint: disable=g-import-not-at-top
-  from jax3d.export import video  # pylint: disable=g-import-not-at-top
-
-  method = cfg.method
-  registry.entry(method)
-  prior_spec = resolve_prior(prior_spec, cfg)
-  check_prompt_for_prior(prompt, prior_spec)
-  identity = run_identity(prompt, method, prior_spec, cfg)
-  resume = check_workdir(workdir, identity, overwrite)
-  prior = priors.load_prior(prior_spec, dtype=dtype, allow_pickle=allow_pickle)
-  system = registry.make_system(method, prompt, cfg, prior)  # Validates every setting.
-  run = system.config
-
-  # Everything is valid: only now touch the disk.
-  if overwrite and not resume and os.path.isdir(workdir):
-    shutil.rmtree(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump({"run": identity, "jax3d": _version()}, f, indent=2, sort_keys=True, default=str)
-
+  run, method = system.config, system.config.method
   key = jax.random.key(run.seed)
   k_init, k_train = jax.random.split(key)
   t0 = time.perf_counter()
@@ -186,7 +151,7 @@ def generate(prompt: str, workdir: str, cfg: ml_collections.ConfigDict,
                                     run.preview_every),
                       checkpointer, logger, preview_fn=preview,
                       meta={"prompt": prompt}, bar_keys=("loss", "mean_opacity"),
-                      stop_after=stop_after)
+                      stop_after=stop_after, on_checkpoint=discard)
   finally:
     logger.close()
     checkpointer.close()
@@ -197,8 +162,7 @@ def generate(prompt: str, workdir: str, cfg: ml_collections.ConfigDict,
              "num_devices": len(jax.devices()), "num_particles": run.num_particles}
   if result.step >= run.num_steps:
     summary["particles"] = export_all(system, result.state, result.step, workdir)
-    with open(os.path.join(workdir, "final", "metrics.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=str)
+    run_folder.write_json(os.path.join(workdir, "final", "metrics.json"), summary)
   return summary
 
 
@@ -228,19 +192,20 @@ def _read_run(workdir: str) -> dict:
 def export_command(workdir: str, level: float | None = None) -> list[dict]:
   """Re-exports meshes and turntables from a run's latest checkpoint into final/."""
   from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
-  from jax3d.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from jax3d.train import checkpoint  # pylint: disable=g-import-not-at-top
   run = _read_run(workdir)
+  if not checkpoint.has_checkpoint(os.path.join(workdir, "checkpoints")):
+    raise UserError(f"{workdir} has no checkpoint yet; run `jax3d generate` first")
   cfg = ml_collections.ConfigDict(run["config"])
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    if checkpointer.latest_step() is None:
-      raise UserError(f"{workdir} has no checkpoint yet; run `jax3d generate` first")
-    prior = priors.load_prior(run["prior"])
+  with run_folder.Lock(workdir, "export"):
+    prior = priors.load_prior(run["prior"], dtype=run.get("dtype", "float32"))
     system = registry.make_system(run["method"], run["prompt"], cfg, prior)
-    state, _, step = checkpointer.restore(system.init(jax.random.key(system.config.seed)))
-  finally:
-    checkpointer.close()
-  return export_all(system, state, step, workdir, level)
+    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+      state, _, step = checkpointer.restore(system.init(jax.random.key(system.config.seed)))
+    finally:
+      checkpointer.close()
+    return export_all(system, state, step, workdir, level)
 
 
 def eval_command(workdir: str, resolution: int = 96) -> dict:
@@ -250,7 +215,7 @@ def eval_command(workdir: str, resolution: int = 96) -> dict:
   try:
     scenes.parse_prompt(run["prompt"])
   except UserError:
-    raise UserError(f"the prompt {run['prompt']!r} is not a solids prompt, so there is no "
+    raise UserError(f"the prompt {shown(run['prompt'])} is not a solids prompt, so there is no "
                     f"ground truth to score it against; eval works on solids prompts such "
                     f"as 'a red cube'") from None
   num_particles = int(run["config"]["num_particles"])
@@ -273,14 +238,5 @@ def eval_command(workdir: str, resolution: int = 96) -> dict:
         [shapes.shape_from_mesh(os.path.join(final_folder(workdir, k, num_particles),
                                               "mesh.glb"), resolution=resolution)
          for k in range(num_particles)], metrics.MetricsConfig(resolution=resolution))
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(summary, f, indent=2, default=_json_default)
+  run_folder.write_json(os.path.join(workdir, "eval.json"), summary)
   return summary
-
-
-def _json_default(x):
-  if isinstance(x, (np.floating, np.integer, np.bool_)):
-    return x.item()
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  return str(x)
