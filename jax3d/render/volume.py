@@ -25,7 +25,6 @@ import jax.numpy as jnp
 
 from jax3d import cameras
 from jax3d.configuration import Range
-from jax3d.errors import UserError
 
 FieldFn = Callable[[jax.Array, jax.Array], Mapping[str, jax.Array]]
 # Per-sample outputs of render_rays; render_image drops them unless asked (they are S× larger).

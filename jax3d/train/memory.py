@@ -3,7 +3,6 @@ written, rather than failing on the first step)."""
 
 from __future__ import annotations
 
-import jax
 
 from jax3d.errors import UserError
 
