@@ -46,6 +46,12 @@ def clip_residual(g: jax.Array, max_norm: float | None) -> jax.Array:
   return g * jnp.minimum(1.0, max_norm / (norms + 1e-12))
 
 
+def surrogate_loss(x0: jax.Array, g: jax.Array) -> jax.Array:
+  """0.5‖x0 − sg(x0 − g)‖² / B: its gradient with respect to x0 is g / B (batch B)."""
+  target = jax.lax.stop_gradient(x0 - g)
+  return 0.5 * jnp.sum((x0 - target)**2) / x0.shape[0]
+
+
 def sds_loss(prior: Prior, prior_params: Any, key: jax.Array, images: jax.Array,
              t: jax.Array, cond: jax.Array, uncond: jax.Array, guidance_scale,
              weighting: str = "dreamfusion", max_grad_norm: float | None = None,
@@ -57,13 +63,11 @@ def sds_loss(prior: Prior, prior_params: Any, key: jax.Array, images: jax.Array,
   batch, sum over pixels); through `encode` and the renderer it reaches the 3D parameters.
   """
   chex.assert_rank(images, 4)
-  b = images.shape[0]
   x0 = prior.encode(prior_params, images)
   g, aux = sds_residual(prior, prior_params, key, x0, t, cond, uncond, guidance_scale,
                         weighting, plain, view_scale)
   g = clip_residual(g, max_grad_norm)
-  target = jax.lax.stop_gradient(x0 - g)
-  loss = 0.5 * jnp.sum((x0 - target)**2) / b
+  loss = surrogate_loss(x0, g)
   aux = dict(aux, residual=g, x0=x0,
              residual_norm=jnp.sqrt(jnp.mean(jnp.sum(g * g, axis=(1, 2, 3)))))
   return loss, aux

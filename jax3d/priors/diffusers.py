@@ -21,11 +21,13 @@ All diffusers/transformers imports of jax3d live in `jax3d.priors`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -501,5 +503,31 @@ def _latent_decode_fn(vae, scaling: float):
   return decode_fn
 
 
+@contextlib.contextmanager
+def time_embedding_offset(offset: jax.Array) -> Iterator[None]:
+  """Inside, the UNet's time embedding (the output of its `FlaxTimestepEmbedding`, (B, d))
+  has `offset` ((B, d) or (d,)) added: how VSD's LoRA network sees the camera (the diffusers
+  Flax UNet has no class-embedding input). Works under jit and grad; the pretrained weights
+  are untouched."""
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if (context.method_name == "__call__" and
+        isinstance(context.module, diffusers.models.embeddings_flax.FlaxTimestepEmbedding)):
+      out = out + offset.astype(out.dtype)
+    return out
+  with nn.intercept_methods(interceptor):
+    yield
+
+
+def time_embedding_width(unet_params: Any) -> int:
+  """d, the width of a diffusers UNet's time embedding (what the camera embedding adds to)."""
+  try:
+    return int(unet_params["time_embedding"]["linear_2"]["kernel"].shape[1])
+  except (KeyError, TypeError):
+    raise UserError("this prior's network has no diffusers time embedding to condition on "
+                    "the camera; VSD needs a diffusers UNet prior") from None
+
+
 __all__ = ["load_diffusers_prior", "load_state", "find_weight_files", "cast_floating",
-           "resolve_dtype", "scheduler_alphas_cumprod", "DTYPES"]
+           "resolve_dtype", "scheduler_alphas_cumprod", "time_embedding_offset",
+           "time_embedding_width", "DTYPES"]
