@@ -66,6 +66,8 @@ class Prior:
   # The view-label schemes (cameras.VIEW_SCHEMES) its text conditioning was trained with; a
   # system refuses view-dependent prompts in any other (they would be out of distribution).
   view_schemes: tuple[str, ...] = ("dreamfusion",)
+  # What the network outputs ("epsilon" or "v_prediction"); `model_fn` returns ε̂ either way.
+  prediction: str = "epsilon"
   _cache: dict[str, jax.Array] = dataclasses.field(default_factory=dict, init=False,
                                                    repr=False)
 

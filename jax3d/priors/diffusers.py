@@ -456,6 +456,7 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
       latent=latent,
       render_resolution=render_resolution,
       view_schemes=tuple(schemes),
+      prediction=prediction,
   )
 
 

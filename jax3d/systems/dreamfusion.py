@@ -120,8 +120,19 @@ class DreamFusion(field_system.FieldSystem):
   def blob(self, step) -> jax.Array:
     return blob_scale(self.config.blob, step)
 
+  def distillation_loss(self, inputs, shared_params, key, images, t, cond, uncond, plain,
+                        cams: cameras.Camera):
+    """The score-distillation term of renders `images` (V, H, W, 3) and its aux outputs."""
+    del shared_params, cams
+    g = self.config.guidance
+    return sds.sds_loss(self.prior, inputs["prior"], key, images, t, cond, uncond, g.scale,
+                        g.timesteps.weighting, g.max_grad_norm or None, plain, g.view_scale)
+
+  def particle_outputs(self, aux, cams: cameras.Camera):
+    """What the shared part sees of this particle's step (None: SDS has no shared part)."""
+    del aux, cams
+
   def particle_loss(self, params, shared_params, key, step, inputs):
-    del shared_params
     cfg = self.config
     k_cam, k_render, k_t, k_noise, k_shade, k_light = jax.random.split(key, 6)
     v = cfg.views_per_step
@@ -139,10 +150,8 @@ class DreamFusion(field_system.FieldSystem):
     t = timesteps_lib.sample(k_t, cfg.guidance.timesteps, self.prior.num_train_timesteps,
                              (v,), step)
     cond, uncond, plain = self.guidance_embeddings(inputs["conds"], view)
-    g = cfg.guidance
-    loss_sds, aux = sds.sds_loss(self.prior, inputs["prior"], k_noise, out["color"], t, cond,
-                                 uncond, g.scale, g.timesteps.weighting,
-                                 g.max_grad_norm or None, plain, g.view_scale)
+    loss_sds, aux = self.distillation_loss(inputs, shared_params, k_noise, out["color"], t,
+                                           cond, uncond, plain, cams)
     loss_orient = jnp.zeros(())
     if sample_normals:
       _, dirs = cameras.rays(cams)
@@ -155,7 +164,7 @@ class DreamFusion(field_system.FieldSystem):
                "loss_opacity": loss_opacity, "mean_opacity": jnp.mean(out["opacity"]),
                "t": jnp.mean(t.astype(jnp.float32)) / self.prior.num_train_timesteps,
                "residual_norm": aux["residual_norm"]}
-    return loss, (metrics, None)
+    return loss, (metrics, self.particle_outputs(aux, cams))
 
   def step_parts(self, state: base.State, key: jax.Array) -> base.StepParts:
     cfg = self.config

@@ -28,6 +28,7 @@ class Entry:
 SYSTEMS: dict[str, Entry] = {
     "sds": Entry("jax3d.systems.dreamfusion:DreamFusion", "dreamfusion:toy"),
     "sjc": Entry("jax3d.systems.sjc:SJC", "sjc:toy"),
+    "vsd": Entry("jax3d.systems.prolificdreamer:ProlificDreamer", "prolificdreamer:toy"),
 }
 DEFAULT_METHOD = "sds"
 
