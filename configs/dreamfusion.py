@@ -36,7 +36,8 @@ def get_config(preset=None):
       scale=100.0,  # DreamFusion uses a CFG scale of 100
       max_grad_norm=0.0,  # per-view residual clipping; 0 = off
       timesteps=ml_collections.ConfigDict(dict(t_min=0.02, t_max=0.98, t_max_end=None,
-                                               anneal_steps=0, weighting="dreamfusion"))))
+                                               anneal_steps=0, anneal="linear",
+                                               weighting="dreamfusion"))))
   _common.view_words(c)
   # Probabilities of shading modes per view: albedo, lambertian, textureless. The toy renders
   # albedo only: shading needs normals, ~1.4-8x the CPU step (docs/results.md, "Shading").

@@ -17,7 +17,7 @@ from jax3d.priors import analytic
 def timestep_config(**kwargs):
   """DreamFusion's schedule: t ~ U[0.02, 0.98], no annealing, w(t) = 1 − ᾱ_t; with `kwargs`."""
   return ts.TimestepConfig(**{**dict(t_min=0.02, t_max=0.98, t_max_end=None, anneal_steps=0,
-                                     weighting="dreamfusion"), **kwargs})
+                                     anneal="linear", weighting="dreamfusion"), **kwargs})
 
 
 def _prior(images):
@@ -108,6 +108,9 @@ def test_timesteps_range_and_annealing():
   assert int(late.max()) <= 500 and int(late.min()) >= 20
   mid = float(ts.t_max_at(cfg, 50))
   assert mid == pytest.approx(0.74)
+  jump = timestep_config(t_max_end=0.5, anneal_steps=100, anneal="step")
+  assert [float(ts.t_max_at(jump, s)) for s in (0, 99, 100, 500)] == pytest.approx(
+      [0.98, 0.98, 0.5, 0.5])
 
 
 def test_weightings_closed_forms():

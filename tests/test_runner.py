@@ -355,3 +355,18 @@ def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch)
              loop.Schedule(num_steps=4, checkpoint_every=2), ckpt)
   ckpt.close()
   assert sorted(os.listdir(tmp_path / "ckpt")) == ["2"]
+
+
+def test_several_particles_export_each_and_one_grid_turntable(prior_dir, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  overrides = [a[len("--config."):] for a in TINY] + ["num_steps=1", "num_particles=3"]
+  _, cfg = registry.resolve(None, None, overrides)
+  runner.generate("a red cube", str(tmp_path / "w"), cfg, prior_dir, enable_bar=False)
+  final = tmp_path / "w" / "final"
+  for k in range(3):
+    assert (final / f"particle_{k}" / "mesh.glb").is_file()
+  with Image.open(final / "particles.gif") as gif:  # 2 columns x 2 rows of 16 px, 2 px gutters
+    assert gif.size == (34, 34) and gif.n_frames == 2
+    frame = np.asarray(gif.convert("RGB"))
+  assert (frame[18:, 18:] == 255).all()  # the empty fourth cell is white
+  assert (final / "particles.mp4").stat().st_size > 0

@@ -1,8 +1,9 @@
 """Diffusion timesteps for distillation: the sampling range, its annealing, and w(t).
 
 t is drawn uniformly from [t_min, t_max] (as fractions of the prior's train timesteps;
-DreamFusion uses [0.02, 0.98]). `t_max` can anneal linearly to `t_max_end` over
-`anneal_steps` (coarse-to-fine, as in the public DreamFusion/ProlificDreamer code).
+DreamFusion uses [0.02, 0.98]). `t_max` can move to `t_max_end` over `anneal_steps`,
+linearly or in one step at `anneal_steps` (ProlificDreamer's official code: 0.98 → 0.5 at
+step 5000 of 25k), coarse to fine.
 
 Weightings w(t), named in configs:
   dreamfusion  1 − ᾱ_t              (Poole et al. 2022, Eq. 3's σ_t² choice)
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from jax3d.errors import UserError
 
 WEIGHTINGS = ("dreamfusion", "uniform", "sqrt_snr")
+ANNEALS = ("linear", "step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,7 @@ class TimestepConfig:
   t_max: float
   t_max_end: float | None  # None: no annealing
   anneal_steps: int
+  anneal: str  # one of ANNEALS
   weighting: str  # one of WEIGHTINGS
 
   def __post_init__(self):
@@ -36,6 +39,9 @@ class TimestepConfig:
                       f"t_max={self.t_max}")
     if self.t_max_end is not None and not self.t_min < self.t_max_end <= 1.0:
       raise UserError(f"t_max_end={self.t_max_end} must lie in (t_min, 1]")
+    if self.anneal not in ANNEALS:
+      raise UserError(f"unknown timesteps.anneal {self.anneal!r}; use one of "
+                      f"{', '.join(ANNEALS)}")
     if self.weighting not in WEIGHTINGS:
       raise UserError(f"unknown weighting {self.weighting!r}; use one of {', '.join(WEIGHTINGS)}")
 
@@ -45,6 +51,8 @@ def t_max_at(cfg: TimestepConfig, step: jax.Array) -> jax.Array:
   if cfg.t_max_end is None or cfg.anneal_steps <= 0:
     return jnp.asarray(cfg.t_max, jnp.float32)
   frac = jnp.clip(jnp.asarray(step, jnp.float32) / cfg.anneal_steps, 0.0, 1.0)
+  if cfg.anneal == "step":
+    frac = jnp.floor(frac)
   return cfg.t_max + (cfg.t_max_end - cfg.t_max) * frac
 
 

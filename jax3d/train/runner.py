@@ -92,7 +92,7 @@ def export_particle(system, state, k: int, step: int, folder: str,
       elevation_deg=e.video_elevation, height=e.video_size, width=e.video_size, jit=False)
   paths.update(video.write_video(frames, folder, fps=e.video_fps))
   return {"paths": paths, "mesh_level": mesh.level, "mesh_level_rule": mesh.level_rule,
-          "num_vertices": mesh.num_vertices, "num_faces": mesh.num_faces}
+          "num_vertices": mesh.num_vertices, "num_faces": mesh.num_faces, "frames": frames}
 
 
 def final_folder(workdir: str, k: int, num_particles: int) -> str:
@@ -167,9 +167,20 @@ def _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_ba
 
 
 def export_all(system, state, step: int, workdir: str, level: float | None = None) -> list[dict]:
+  """Every particle's mesh and turntable; with several particles also final/particles.mp4
+  and .gif, all turntables in one grid."""
+  from jax3d.export import video  # pylint: disable=g-import-not-at-top
   n = system.config.num_particles
-  return [export_particle(system, state, k, step, final_folder(workdir, k, n), level)
-          for k in range(n)]
+  results = [export_particle(system, state, k, step, final_folder(workdir, k, n), level)
+             for k in range(n)]
+  frames = [r.pop("frames") for r in results]
+  if n > 1:
+    ncols = int(np.ceil(np.sqrt(n)))
+    grid = np.stack([video.image_grid(np.stack([f[i] for f in frames]), ncols, pad=2)
+                     for i in range(len(frames[0]))])
+    video.write_video(grid, os.path.join(workdir, "final"), stem="particles",
+                      fps=system.config.export.video_fps)
+  return results
 
 
 def _version() -> str:
