@@ -3,9 +3,11 @@
 Rows: the whole jitted train step (one particle, 'a red cube'); the render forward and
 forward+backward of the step's views; the prior's guidance call alone on x0 (`StepParts`);
 and `rest` = step − render fwd+bwd − prior (the loss, the chain through the encoder, the
-optimizer; near zero or slightly negative where XLA fuses across parts). A system with a
-`step_sweep` (SJC: K = 1, 2, 4, 8 perturbations) is measured at each value, with its ratio to
-the first. Seconds are medians, compile excluded (first_step_s includes it).
+optimizer; near zero or slightly negative where XLA fuses across parts), less any extra
+parts a method names (VSD: the LoRA network's call and its update). A system with a
+`step_sweep` (SJC: K = 1, 2, 4, 8 perturbations; VSD: P = 1, 2, 4, 8 particles on every
+device) is measured at each value, with its ratio to the first; the render and call rows are
+one particle's. Seconds are medians, compile excluded (first_step_s includes it).
 """
 
 from __future__ import annotations
@@ -74,13 +76,15 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
     x0 = jnp.zeros((views,) + tuple(prior.latent_shape), jnp.float32)
     _, prior_s = time_compiled(parts.guidance, (system.inputs["prior"], x0, jax.random.key(4)),
                                repeats)
+    extras = {name: time_compiled(fn, fn_args, repeats)[1]
+              for name, fn, fn_args in parts.extras}
     row = {"method": method}
     if label is not None:
       row[label] = value
     row.update({"views": views, "step_s": step_s, "steps_per_s": 1.0 / step_s,
                 "first_step_s": first, "render_fwd_s": render_s,
-                "render_fwd_bwd_s": render_bwd_s, "prior_s": prior_s,
-                "rest_s": step_s - render_bwd_s - prior_s})
+                "render_fwd_bwd_s": render_bwd_s, "prior_s": prior_s, **extras,
+                "rest_s": step_s - render_bwd_s - prior_s - sum(extras.values())})
     if label is not None:
       first_row = first_row or row
       row[f"step_vs_{label}{values[0]}"] = step_s / first_row["step_s"]

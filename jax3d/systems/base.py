@@ -55,10 +55,12 @@ class StepParts(NamedTuple):
 
   render(params, key) -> images: the training render of the step's views (one particle);
   guidance(prior_params, x0, key) -> g: the prior's guidance call on x0 (V,) + latent_shape,
-  the prior's variable (after `Prior.encode`).
+  the prior's variable (after `Prior.encode`);
+  extras: more parts a method has, (label, fn, args) each, timed as fn(*args).
   """
   render: Callable[[Any, jax.Array], jax.Array]
   guidance: Callable[[Any, jax.Array, jax.Array], jax.Array]
+  extras: tuple[tuple[str, Callable[..., Any], tuple[Any, ...]], ...] = ()
 
 
 class System(Protocol):

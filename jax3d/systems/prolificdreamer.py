@@ -60,6 +60,7 @@ class ProlificDreamer(dreamfusion.DreamFusion):
   """The VSD system: particles as in DreamFusion; shared state {'lora', 'camera'}."""
 
   Config = Config
+  step_sweep = ("P", "num_particles", (1, 2, 4, 8))
 
   def __init__(self, prompt: str, config: Config, prior: Prior, mesh=None):
     super().__init__(prompt, config, prior, mesh)
@@ -88,6 +89,23 @@ class ProlificDreamer(dreamfusion.DreamFusion):
 
   def particle_outputs(self, aux, cams: cameras.Camera):
     return {"x0": jax.lax.stop_gradient(aux["x0"]), "c2w": cams.c2w}
+
+  def step_parts(self, state, key: jax.Array):
+    """SDS's render and pretrained call, plus the LoRA network's call on the step's views
+    (`lora_s`) and one LoRA update on P particles' renders (`lora_update_s`)."""
+    parts = super().step_parts(state, key)
+    cams, _ = self.sample_views(key)
+    v = cams.c2w.shape[0]
+    x = jnp.zeros((v,) + tuple(self.prior.latent_shape), jnp.float32)
+    t = jnp.full((v,), self.prior.num_train_timesteps // 2, jnp.int32)
+    shared = state.shared
+    eps_fn = self._lora_eps(self.inputs, shared["params"], self.conds["plain"])
+    p = self.config.num_particles
+    outputs = {"x0": jnp.zeros((p,) + x.shape), "c2w": jnp.broadcast_to(cams.c2w, (p, v, 4, 4))}
+    update = lambda sh, out, k: self._shared_step(sh, out, k, state.step, self.inputs)[0]
+    return parts._replace(extras=(
+        ("lora_s", lambda xx, tt: eps_fn(xx, tt, cams.c2w), (x, t)),
+        ("lora_update_s", update, (shared, outputs, jax.random.fold_in(key, 1)))))
 
   def shared_loss(self, shared_params, outputs, key, step, inputs):
     del step
