@@ -124,10 +124,6 @@ def init_trained(key: jax.Array, prior, rank: int) -> dict:
           "camera": camera_init(k_camera, diffusers_prior.time_embedding_width(unet))}
 
 
-def num_params(tree: Any) -> int:
-  return sum(x.size for x in jax.tree.leaves(tree))
-
-
 # ---- camera conditioning ----
 
 def camera_init(key: jax.Array, width: int) -> dict:
@@ -152,4 +148,4 @@ def camera_embedding(params: dict, c2w: jax.Array) -> jax.Array:
 
 
 __all__ = ["target_paths", "init", "merge", "unmerged", "camera_init", "camera_embedding",
-           "lora_eps", "init_trained", "num_params", "ATTENTIONS", "PROJECTIONS"]
+           "lora_eps", "init_trained", "ATTENTIONS", "PROJECTIONS"]

@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax3d import files
 from jax3d.errors import UserError
 from jax3d.export import video
 from jax3d.priors import base
@@ -131,15 +131,8 @@ def sample_command(args) -> int:
                        num_steps=args.steps, guidance_scale=gs)
   n = images.shape[0]
   grid = video.image_grid(np.asarray(images), ncols=int(math.ceil(math.sqrt(n))), pad=2)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".jax3d-sample-", suffix=".png")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      Image.fromarray(grid).save(f, format="PNG")
-    os.replace(tmp, out)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with files.atomic_file(out, "wb") as f:
+    Image.fromarray(grid).save(f, format="PNG")
   print(f"wrote {args.num} sample(s) of {args.prompt!r} from the {prior.name} prior to "
         f"{args.out}")
   return 0

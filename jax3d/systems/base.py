@@ -110,6 +110,7 @@ class PopulationSystem:
     self.config = config
     self.prior = prior
     self.mesh = mesh if mesh is not None else sharding.make_mesh(config.num_particles)
+    self._compiled = None  # `compile_step`'s program, once it has run
 
   # ---- what a subclass provides ----
   def init_particle(self, key: jax.Array) -> Any:
@@ -235,8 +236,7 @@ class PopulationSystem:
 
   def train_step(self, state: State, key: jax.Array) -> tuple[State, dict[str, jax.Array]]:
     """One step for every particle, then the shared part; pure in (state, key)."""
-    step = getattr(self, "_compiled", None) or self._jitted_step
-    return step(state, key, self.inputs)
+    return (self._compiled or self._jitted_step)(state, key, self.inputs)
 
 
 __all__ = ["State", "StepParts", "System", "PopulationSystem", "SHARED_STREAM"]

@@ -27,6 +27,7 @@ import tempfile
 import time
 from typing import Any, Iterator
 
+from jax3d import files
 from jax3d.errors import UserError, shown
 
 MARKER = ".jax3d-run"
@@ -184,17 +185,9 @@ def discard(aside: str | None) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """`obj` as indented JSON at `path`, atomically (a temporary file renamed into place)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
-    raise
+  """`obj` as indented JSON at `path`, atomically (`files.atomic_file`)."""
+  with files.atomic_file(path) as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
 
 
 def _json_default(x):
@@ -209,14 +202,14 @@ def _json_default(x):
 @contextlib.contextmanager
 def start(workdir: str, identity: dict, version: str, overwrite: bool,
           command: str = "generate") -> Iterator[dict]:
-  """Takes `workdir` for a run: lock, then (re)check, move an old run aside if replacing,
-  write the marker and the record. Yields {"mode", "aside"}; the lock is held until exit."""
-  mode = check(workdir, identity, overwrite)
+  """Takes `workdir` for a run the caller has `check`ed: lock, check again now that no one
+  else can write, move an old run aside if replacing, write the marker and the record.
+  Yields {"mode", "aside"}; the lock is held until exit."""
   aside = None
   lock = Lock(workdir, command)
   lock.__enter__()
   try:
-    mode = check(workdir, identity, overwrite)  # Again, now that no one else can write.
+    mode = check(workdir, identity, overwrite)
     if mode == "replace":
       aside = move_aside(workdir)
       old, lock = lock, Lock(workdir, command)

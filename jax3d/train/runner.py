@@ -13,7 +13,6 @@ Layout of a run folder (its rules, lock and overwrite: `train.run_folder`):
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -80,8 +79,9 @@ def preview_image(system, state, step: int, size: int) -> np.ndarray:
 
 
 def export_particle(system, state, k: int, step: int, folder: str,
-                    level: float | None = None) -> dict:
-  """Mesh (.glb/.obj) and turntable (.mp4/.gif) of particle k into `folder`."""
+                    level: float | None = None) -> tuple[dict, np.ndarray]:
+  """Mesh (.glb/.obj) and turntable (.mp4/.gif) of particle k into `folder`; returns what
+  was written and the turntable's frames."""
   from jax3d.export import mesh as mesh_lib, video  # pylint: disable=g-import-not-at-top
   os.makedirs(folder, exist_ok=True)
   mesh = system.export_mesh(state, k, step, level)
@@ -92,7 +92,7 @@ def export_particle(system, state, k: int, step: int, folder: str,
       elevation_deg=e.video_elevation, height=e.video_size, width=e.video_size, jit=False)
   paths.update(video.write_video(frames, folder, fps=e.video_fps))
   return {"paths": paths, "mesh_level": mesh.level, "mesh_level_rule": mesh.level_rule,
-          "num_vertices": mesh.num_vertices, "num_faces": mesh.num_faces, "frames": frames}
+          "num_vertices": mesh.num_vertices, "num_faces": mesh.num_faces}, frames
 
 
 def final_folder(workdir: str, k: int, num_particles: int) -> str:
@@ -171,16 +171,15 @@ def export_all(system, state, step: int, workdir: str, level: float | None = Non
   and .gif, all turntables in one grid."""
   from jax3d.export import video  # pylint: disable=g-import-not-at-top
   n = system.config.num_particles
-  results = [export_particle(system, state, k, step, final_folder(workdir, k, n), level)
-             for k in range(n)]
-  frames = [r.pop("frames") for r in results]
+  results, frames = zip(*[export_particle(system, state, k, step, final_folder(workdir, k, n),
+                                          level) for k in range(n)])
   if n > 1:
     ncols = int(np.ceil(np.sqrt(n)))
     grid = np.stack([video.image_grid(np.stack([f[i] for f in frames]), ncols, pad=2)
                      for i in range(len(frames[0]))])
     video.write_video(grid, os.path.join(workdir, "final"), stem="particles",
                       fps=system.config.export.video_fps)
-  return results
+  return list(results)
 
 
 def _version() -> str:
@@ -189,15 +188,14 @@ def _version() -> str:
 
 
 def _read_run(workdir: str) -> dict:
-  path = os.path.join(workdir, "config.json")
+  record = run_folder.read_record(workdir)
+  if record is not None:
+    return record["run"]
+  path = os.path.join(workdir, run_folder.CONFIG)
   if not os.path.isfile(path):
     raise UserError(f"{workdir} holds no jax3d run (no config.json); give the --workdir of a "
                     f"`jax3d generate` run")
-  with open(path) as f:
-    try:
-      return json.load(f)["run"]
-    except (json.JSONDecodeError, KeyError):
-      raise UserError(f"{path} is not a jax3d run config; was it edited?") from None
+  raise UserError(f"{path} is not a jax3d run config; was it edited?")
 
 
 def export_command(workdir: str, level: float | None = None) -> list[dict]:
