@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--method", default=None,
                  help=f"`bench solids`/`step`: {_METHOD_HELP}")
   p.add_argument("--prompts", default="all",
-                 help="`bench solids`: 'all' (the 30 colour prompts) or 'a red cube;a blue cone'")
+                 help="`bench solids`: 'all' (the 30 colour prompts), 'colourless' (the 5 "
+                      "'a {solid}' prompts) or 'a red cube;a blue cone'")
   p.add_argument("--config", default=None,
                  help="`bench solids`/`step`: config PATH.py[:PRESET] (default: the method's); "
                       "override keys with --config.KEY=VALUE")

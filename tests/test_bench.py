@@ -74,3 +74,37 @@ def test_weights_hash_changes_with_the_weights_and_is_none_for_the_analytic_prio
   weights.write_bytes(bytes(data))
   assert registry.describe(str(copy))["weights_sha256"] != before
   assert registry.describe("analytic:8") == {"prior": "analytic:8", "weights_sha256": None}
+
+
+def test_bench_solids_rows_score_every_particle_and_the_population():
+  """Every particle is a row; the first row of a population holds its distinct colours, hue
+  spread and 1 − pairwise IoU; the mean averages colour only over prompts that name one."""
+  from jax3d.bench import solids  # pylint: disable=g-import-not-at-top
+
+  def particle(k, shape, colour, correct, iou):
+    return {"particle": k, "silhouette_iou": iou, "occupancy_iou": iou / 2,
+            "predicted_solid": shape, "shape_correct": shape == "cube",
+            "predicted_colour": colour, "colour_correct": correct}
+  timing = {"steps": 10, "train_s": 1.0, "wall_s": 2.0}
+  colourless = {"prompt": "a cube", "particles": [
+      particle(0, "cube", "red", None, 0.9), particle(1, "cube", "red", None, 0.8),
+      particle(2, "sphere", "blue", None, 0.5)],
+      "diversity": {"hue_spread": 0.4, "mean_pairwise_silhouette_iou": 0.75}}
+  named = {"prompt": "a red cube", "particles": [
+      particle(0, "cube", "red", True, 1.0), particle(1, "cube", "orange", False, 0.6),
+      particle(2, "cube", "red", True, 0.8)],
+      "diversity": {"hue_spread": 0.1, "mean_pairwise_silhouette_iou": 0.95}}
+  rows = solids.prompt_rows(colourless, timing) + solids.prompt_rows(named, timing)
+  assert [r["particle"] for r in rows] == [0, 1, 2, 0, 1, 2]
+  assert (rows[0]["distinct_colours"], rows[3]["distinct_colours"]) == (2, 2)
+  assert rows[0]["pairwise_1_minus_iou"] == pytest.approx(0.25)
+  assert "distinct_colours" not in rows[1]
+  mean = solids.mean_row(rows)
+  assert mean["silhouette_iou"] == pytest.approx(4.6 / 6)
+  assert mean["shape_correct"] == pytest.approx(5 / 6)
+  assert mean["colour_correct"] == pytest.approx(2 / 3)  # the named prompt's 3 particles
+  assert mean["distinct_colours"] == 2 and mean["hue_spread"] == pytest.approx(0.25)
+  assert mean["pairwise_1_minus_iou"] == pytest.approx(0.15)
+  one = solids.prompt_rows({"prompt": "a red cube", "particles": named["particles"][:1]},
+                           timing)
+  assert "distinct_colours" not in solids.mean_row(one)

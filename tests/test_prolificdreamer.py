@@ -44,15 +44,19 @@ def test_every_particle_and_the_lora_step_together_and_four_devices_equal_one(pr
   assert enc.sharding.spec[0] == sharding.PARTICLES
   moved = np.abs(np.asarray(enc) - first.particles["params"]["encoding"]).reshape(4, -1)
   assert (moved.max(axis=1) > 0).all()
-  # One device: the same states up to the order of the cross-device sums. Adam's first steps
-  # move each grid entry by about ±lr whatever its gradient's size, so particle entries with
-  # near-zero gradients differ by ~1e-4 (AdamW on the LoRA likewise); a flipped update would
-  # differ by 2·lr = 0.02.
+  # One device: the same states up to float order. Two programs may round a sample's position
+  # differently by an ulp, and a sample on a cell boundary then feeds other grid corners,
+  # whose first Adam steps (±lr whatever the gradient's size) differ by up to 2·lr = 0.02; so
+  # all but 0.5 % of each particle leaf's entries must agree to 1e-3 (a wrong reduction or a
+  # particle's stray key changes most of them). The LoRA (AdamW, 1e-2): entries with
+  # near-zero gradients differ by ~1e-4.
   _, _, single, _ = _two_steps(prior, DEVICES[:1])
-  for part, atol in (("shared", 2e-4), ("particles", 1e-3)):
-    for a, c in zip(jax.tree.leaves(jax.tree.map(np.asarray, getattr(state, part)["params"])),
-                    jax.tree.leaves(jax.tree.map(np.asarray, getattr(single, part)["params"]))):
-      np.testing.assert_allclose(a, c, rtol=1e-3, atol=atol)
+  for a, c in zip(jax.tree.leaves(jax.tree.map(np.asarray, state.shared["params"])),
+                  jax.tree.leaves(jax.tree.map(np.asarray, single.shared["params"]))):
+    np.testing.assert_allclose(a, c, rtol=1e-3, atol=2e-4)
+  for a, c in zip(jax.tree.leaves(jax.tree.map(np.asarray, state.particles["params"])),
+                  jax.tree.leaves(jax.tree.map(np.asarray, single.particles["params"]))):
+    assert np.mean(np.abs(a - c) > 1e-3) <= 5e-3, np.sort(np.abs(a - c).ravel())[-8:]
 
 
 def test_vsd_refuses_a_prior_without_a_unet():

@@ -1,7 +1,11 @@
 """`jax3d bench solids`: text-to-3D quality on the solids world, `generate` then `eval` per prompt.
 
 Each prompt runs in its own folder under `--workdir-root` (resumed if already there), so an
-interrupted benchmark continues where it stopped. The last row is the mean.
+interrupted benchmark continues where it stopped. Every particle is a row; with several
+particles, each prompt's first row also carries the population's diversity: the number of
+distinct palette colours, the hue spread (1 − |mean unit hue vector|) and the mean pairwise
+(1 − silhouette IoU) after z-alignment (`solids.metrics.diversity`). The last row is the mean
+over particles (colour over the prompts that name one; diversity over prompts).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ BARS = ("bars: shape_correct >= 0.9, colour_correct >= 0.9, mean silhouette IoU 
 
 
 def run(args) -> tuple[list[Row], dict[str, Any]]:
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
   from jax3d.solids import scenes  # pylint: disable=g-import-not-at-top
   from jax3d.systems import registry  # pylint: disable=g-import-not-at-top
@@ -27,11 +30,13 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
 
   if args.prompts == "all":
     prompts = scenes.colour_prompts()
+  elif args.prompts == "colourless":
+    prompts = scenes.colourless_prompts()
   else:
     prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
     if not prompts:
       raise UserError(f"--prompts {args.prompts!r} names no prompt; give 'all' or prompts "
-                      f"separated by ';', e.g. 'a red cube;a blue cone'")
+                      f"separated by ';', e.g. 'a red cube;a blue cone', or 'colourless'")
   for p in prompts:
     scenes.parse_prompt(p)
   method, cfg = registry.resolve(args.method, args.config, args.overrides)
@@ -50,18 +55,48 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
     t0 = time.perf_counter()
     summary = runner.generate(prompt, workdir, cfg, prior, enable_bar=False)
     wall = time.perf_counter() - t0  # compile, training and export: what a user waits for
-    ev = runner.eval_command(workdir)["particles"][0]
-    rows.append({"prompt": prompt, "silhouette_iou": ev["silhouette_iou"],
-                 "occupancy_iou": ev["occupancy_iou"], "shape": ev["predicted_solid"],
-                 "shape_correct": bool(ev["shape_correct"]), "colour": ev["predicted_colour"],
-                 "colour_correct": bool(ev["colour_correct"]), "steps": summary["steps"],
-                 "train_s": summary["wall_time_s"], "wall_s": wall})
-    print(f"{prompt}: IoU {ev['silhouette_iou']:.3f}, shape {ev['predicted_solid']}, "
-          f"colour {ev['predicted_colour']}", file=sys.stderr)
-  mean = lambda key: float(np.mean([r[key] for r in rows]))
-  rows.append({"prompt": "MEAN", "silhouette_iou": mean("silhouette_iou"),
-               "occupancy_iou": mean("occupancy_iou"), "shape": "",
-               "shape_correct": mean("shape_correct"), "colour": "",
-               "colour_correct": mean("colour_correct"), "steps": rows[0]["steps"],
-               "train_s": mean("train_s"), "wall_s": mean("wall_s")})
+    ev = runner.eval_command(workdir)
+    rows += prompt_rows(ev, {"steps": summary["steps"], "train_s": summary["wall_time_s"],
+                             "wall_s": wall})
+    print(f"{prompt}: " + "; ".join(
+        f"IoU {p['silhouette_iou']:.3f}, shape {p['predicted_solid']}, colour "
+        f"{p['predicted_colour']}" for p in ev["particles"]), file=sys.stderr)
+  rows.append(mean_row(rows))
   return rows, settings
+
+
+DIVERSITY = ("distinct_colours", "hue_spread", "pairwise_1_minus_iou")
+
+
+def prompt_rows(ev: dict[str, Any], timing: dict[str, Any]) -> list[Row]:
+  """One row per particle of an `eval` summary; the first also holds the diversity columns
+  when there are several particles."""
+  rows = [{"prompt": ev["prompt"], "particle": p["particle"],
+           "silhouette_iou": p["silhouette_iou"], "occupancy_iou": p["occupancy_iou"],
+           "shape": p["predicted_solid"], "shape_correct": bool(p["shape_correct"]),
+           "colour": p["predicted_colour"], "colour_correct": p["colour_correct"], **timing}
+          for p in ev["particles"]]
+  if "diversity" in ev:
+    d = ev["diversity"]
+    rows[0].update({"distinct_colours": len({p["predicted_colour"] for p in ev["particles"]}),
+                    "hue_spread": d["hue_spread"],
+                    "pairwise_1_minus_iou": 1.0 - d["mean_pairwise_silhouette_iou"]})
+  return rows
+
+
+def mean_row(rows: list[Row]) -> Row:
+  """The MEAN row: scores over every particle (colour over those whose prompt names one),
+  diversity over the prompts."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  def mean(key):
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+  total = {"prompt": "MEAN", "particle": "", "silhouette_iou": mean("silhouette_iou"),
+           "occupancy_iou": mean("occupancy_iou"), "shape": "",
+           "shape_correct": mean("shape_correct"), "colour": "",
+           "colour_correct": mean("colour_correct"), "steps": rows[0]["steps"],
+           "train_s": mean("train_s"), "wall_s": mean("wall_s")}
+  if any(DIVERSITY[0] in r for r in rows):
+    total.update({key: mean(key) for key in DIVERSITY})
+  return total

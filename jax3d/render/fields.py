@@ -42,42 +42,46 @@ def render_views(field: radiance.Field, params: Any, cams: cameras.Camera, key: 
   Returns 'color' (V, H, W, C) over `background` (C,), lit when `lighting` is given;
   'opacity' and 'depth' (V, H, W); 'weights' (V, H·W, S); 'normal' (V, H, W, 3) when normals
   are computed (deferred lighting, or `sample_normals`: −∇σ per sample, composited, and then
-  also 'sample_normals' (V, H·W, S, 3)). `split_rays` places the (V, H·W, 3) ray arrays
+  also 'sample_normals' (V, H·W, S, 3)). `split_rays` places the (V·H·W, ...) per-ray arrays
   (e.g. `train.sharding.split_rays` over the views mesh axis).
+
+  All views' rays go through the field as one batch (each ray carries its view's jitter key,
+  light and shading mode) rather than a vmap over views: XLA:CPU compiles the hash grid's
+  gathers under a size-1 batch axis ~3.5x slower (docs/results.md, "VSD speed").
   """
   v, h, w = cams.fov_y.shape[0], cams.height, cams.width
+  n = h * w
   origins, dirs = cameras.rays(cams)
-  origins, dirs = split_rays(origins.reshape(v, h * w, 3)), split_rays(dirs.reshape(v, h * w, 3))
+  origins, dirs = split_rays(origins.reshape(v * n, 3)), split_rays(dirs.reshape(v * n, 3))
+  ray_keys = jax.vmap(lambda k: jax.random.split(k, n))(jax.random.split(key, v))
+  ray_keys = split_rays(ray_keys.reshape(v * n))
   deferred = lighting is not None and lighting.deferred
-  modes = jnp.zeros((v,), jnp.int32) if lighting is None else lighting.modes
-  lights = jnp.zeros((v, 3), jnp.float32) if lighting is None else lighting.lights
+  per_ray = lambda a: split_rays(jnp.repeat(a, n, axis=0))
+  if lighting is not None:
+    modes, lights = per_ray(lighting.modes), per_ray(lighting.lights)
 
-  def one(o, d, k, mode, light):
-    def field_fn(points, _):
-      q = field.query(params, points, blob, with_normals=sample_normals)
-      out = {"density": q["density"], "color": q["color"]}
-      if sample_normals:
-        out["normal"] = q["normal"]
-        if lighting is not None and not deferred:
-          out["color"] = shading.shade(q["color"], q["normal"], light - points, mode,
-                                       lighting.ambient)
-      return out
-
-    out = volume.render_rays(field_fn, o, d, k, cfg,
-                             background=None if deferred else {"color": background})
-    if deferred:
-      out["color"], out["normal"] = shading.deferred(
-          out, o, d, lambda x: field.density(params, x, blob), field.normal_eps, background,
-          light, mode, lighting.ambient)
+  def field_fn(points, _):
+    q = field.query(params, points, blob, with_normals=sample_normals)
+    out = {"density": q["density"], "color": q["color"]}
+    if sample_normals:
+      out["normal"] = q["normal"]
+      if lighting is not None and not deferred:
+        out["color"] = shading.shade(q["color"], q["normal"], lights[:, None] - points,
+                                     modes[:, None], lighting.ambient)
     return out
 
-  out = jax.vmap(one)(origins, dirs, jax.random.split(key, v), modes, lights)
+  out = volume.render_rays(field_fn, origins, dirs, ray_keys, cfg,
+                           background=None if deferred else {"color": background})
+  if deferred:
+    out["color"], out["normal"] = shading.deferred(
+        out, origins, dirs, lambda x: field.density(params, x, blob), field.normal_eps,
+        background, lights, modes, lighting.ambient)
   maps = {"color": out["color"].reshape(v, h, w, -1), "opacity": out["opacity"].reshape(v, h, w),
-          "depth": out["depth"].reshape(v, h, w), "weights": out["weights"]}
+          "depth": out["depth"].reshape(v, h, w), "weights": out["weights"].reshape(v, n, -1)}
   if "normal" in out:
     maps["normal"] = out["normal"].reshape(v, h, w, 3)
   if sample_normals:
-    maps["sample_normals"] = out["samples"]["normal"]
+    maps["sample_normals"] = out["samples"]["normal"].reshape(v, n, -1, 3)
   return maps
 
 

@@ -127,13 +127,17 @@ def render_rays(field_fn: FieldFn, origins: jax.Array, directions: jax.Array,
   (0 where nothing is hit) — and per sample 'weights', 't', 'deltas' (R, S) and 'samples' (the
   field's raw outputs). `background` maps output names to colours (k,) or (R, k) blended in
   with weight 1 − opacity. With a key and `cfg.stratified`, ray r's jitter is drawn from
-  `jax.random.split(key, R)[r]`, so the samples do not depend on how rays are batched.
+  `jax.random.split(key, R)[r]`, so the samples do not depend on how rays are batched; `key`
+  may also be (R,) keys, one per ray.
   """
   chex.assert_shape(origins, (None, 3))
   chex.assert_equal_shape([origins, directions])
   jitter = None
   if key is not None and cfg.stratified:
-    jitter = _per_ray_jitter(key, origins.shape[0], cfg.num_samples)
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    one_key = key.ndim == (0 if typed else 1)
+    jitter = (_per_ray_jitter(key, origins.shape[0], cfg.num_samples) if one_key
+              else _jitter_from_keys(key, cfg.num_samples))
   return _render(field_fn, origins, directions, jitter, cfg, background)
 
 

@@ -60,13 +60,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def split_rays(x: jax.Array, mesh: Mesh) -> jax.Array:
-  """`x` (V, R, ...) with its ray axis R split over the mesh's `views` axis (inside a step;
+  """`x` (R, ...) with its ray axis R split over the mesh's `views` axis (inside a step;
   under `vmap(..., spmd_axis_name=PARTICLES)` the particle axis is added). A no-op on a mesh
   with one device per particle, or when R does not divide evenly."""
   v = mesh.shape[VIEWS]
-  if v == 1 or x.shape[1] % v:
+  if v == 1 or x.shape[0] % v:
     return x
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, VIEWS)))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(VIEWS)))
 
 
 __all__ = ["PARTICLES", "VIEWS", "make_mesh", "replicated", "particle_sharding",
