@@ -29,7 +29,8 @@ def get_config(preset=None):
       lr=1e-4, weight_decay=0.0, warmup_steps=500,  # official: AdamW 1e-4, 500 warm-up steps
       camera_drop=0.1,  # official: the camera condition zeroed 10 % of the time
       prediction="auto",  # the loss in the LoRA network's own output space
-      merged=True))
+      merged=True,
+      remat=False))
   # Plain CFG on the view-suffixed prompt: DreamFusion's view guidance (view_scale 500 in its
   # toy preset) amplifies the view words' own direction, which carries a colour bias, and
   # drives every particle to one colour (docs/results.md, "VSD and view guidance").
@@ -49,5 +50,6 @@ def get_config(preset=None):
   else:
     c.num_particles = 4
     c.num_steps = 25000  # official stage-1 iterations
+    c.lora.remat = True  # the LoRA UNet's and the VAE encoder's activations at 512²
     c.guidance.timesteps.anneal_steps = 5000  # official t5_iters
   return c

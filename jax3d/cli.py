@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from jax3d.errors import Interrupted, UserError
 from jax3d.systems import registry
+from jax3d.train import distributed
 
 EXIT_USER_ERROR = 2
 _METHOD_HELP = (f"distillation method, one of {', '.join(registry.SYSTEMS)} (default: the "
@@ -88,10 +89,16 @@ def _cmd_generate(args, overrides):
   _, cfg = registry.resolve(args.method, args.config, overrides)
   if args.particles is not None:
     cfg.num_particles = args.particles
+  if args.stop_after is not None and args.stop_after < 1:
+    raise UserError(f"--stop-after must be at least 1, got {args.stop_after}")
+  distributed.initialize(args)
   summary = runner.generate(args.prompt, args.workdir, cfg, args.prior,
                             overwrite=args.overwrite, dtype=args.dtype,
-                            allow_pickle=args.allow_pickle)
-  if "particles" in summary:
+                            allow_pickle=args.allow_pickle, stop_after=args.stop_after)
+  if not distributed.is_main():
+    print(f"process {distributed.process_index()}: done at step {summary['steps']}",
+          file=sys.stderr)
+  elif "particles" in summary:
     print(f"done: {summary['steps']} steps in {summary['total_time_s']:.0f} s; results in "
           f"{args.workdir}/final")
   return 0
@@ -193,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   p.add_argument("--allow-pickle", action="store_true",
                  help="allow loading .bin/.ckpt weights (unpickling runs code: trusted files only)")
+  p.add_argument("--stop-after", type=int, default=None,
+                 help="stop after this many steps of this call, with a checkpoint (rerun the "
+                      "same command to go on)")
+  distributed.add_flags(p)
   p.set_defaults(handler=_cmd_generate, takes_config=True)
 
   p = sub.add_parser("export", help="re-export mesh and turntable from the latest checkpoint")

@@ -105,6 +105,14 @@ CASES = [
     ("unknown-preset", [*GEN, "--config", "dreamfusion:big"], None, "unknown preset 'big'"),
     ("bare-name-is-shipped", ["generate", "a pink elephant", "--workdir", "W", "--config",
                               "dreamfusion"], _shadowing_file, "not a solids prompt"),
+    # VSD (the LoRA network's settings and a prior it can attach to).
+    ("vsd-analytic-prior", [*GEN, "--method", "vsd", "--prior", "analytic"], None,
+     "no UNet network"),
+    ("vsd-lora-rank-0", [*GEN, "--method", "vsd", "--config.lora.rank=0"], None, "lora.rank"),
+    ("vsd-lora-prediction", [*GEN, "--method", "vsd", "--config.lora.prediction=x0"], None,
+     "lora.prediction"),
+    ("vsd-camera-drop", [*GEN, "--method", "vsd", "--config.lora.camera_drop=2"], None,
+     "lora.camera_drop"),
     # Other commands (items 8, 9).
     ("bench-no-prompts", ["bench", "solids", "--prompts", ""], None, "names no prompt"),
     ("bench-blank-prompts", ["bench", "solids", "--prompts", " ; "], None, "names no prompt"),

@@ -8,6 +8,8 @@ parts a method names (VSD: the LoRA network's call and its update). A system wit
 `step_sweep` (SJC: K = 1, 2, 4, 8 perturbations; VSD: P = 1, 2, 4, 8 particles on every
 device) is measured at each value, with its ratio to the first; the render and call rows are
 one particle's. Seconds are medians, compile excluded (first_step_s includes it).
+step_mem_mib is XLA's memory analysis of the compiled step per device (arguments, outputs
+not aliased, temporaries); peak_mem_mib the device allocator's peak on GPU/TPU.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
     system = registry.make_system(method, PROMPT, run_cfg, prior)
     state = system.init(jax.random.key(0))
     first, step_s, state = _time_steps(system.train_step, state, jax.random.key(1), repeats)
+    stats = jax.devices()[0].memory_stats() or {}  # GPU/TPU: the peak so far
+    needed = system.compile_step()  # XLA's estimate for the step, per device
     params = jax.tree.map(lambda x: x[0], state.particles["params"])  # on the mesh
     parts = system.step_parts(state, jax.random.key(2))
     _, render_s = time_compiled(parts.render, (params, jax.random.key(3)), repeats)
@@ -84,7 +88,10 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
     row.update({"views": views, "step_s": step_s, "steps_per_s": 1.0 / step_s,
                 "first_step_s": first, "render_fwd_s": render_s,
                 "render_fwd_bwd_s": render_bwd_s, "prior_s": prior_s, **extras,
-                "rest_s": step_s - render_bwd_s - prior_s - sum(extras.values())})
+                "rest_s": step_s - render_bwd_s - prior_s - sum(extras.values()),
+                "step_mem_mib": None if needed is None else needed / 2**20,
+                "peak_mem_mib": (stats["peak_bytes_in_use"] / 2**20
+                                 if "peak_bytes_in_use" in stats else None)})
     if label is not None:
       first_row = first_row or row
       row[f"step_vs_{label}{values[0]}"] = step_s / first_row["step_s"]

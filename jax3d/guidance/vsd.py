@@ -50,12 +50,14 @@ def vsd_residual(prior: Prior, prior_params: Any, eps_lora: EpsFn, key: jax.Arra
 def vsd_loss(prior: Prior, prior_params: Any, eps_lora: EpsFn, key: jax.Array,
              images: jax.Array, t: jax.Array, cond: jax.Array, uncond: jax.Array,
              guidance_scale, weighting: str = "dreamfusion", max_grad_norm: float | None = None,
-             plain: jax.Array | None = None,
-             view_scale=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             plain: jax.Array | None = None, view_scale=None,
+             encode: Callable[[Any, jax.Array], jax.Array] | None = None
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The particle's surrogate loss of rendered images (B, H, W, 3) in [0, 1]: its gradient
-  with respect to x0 = encode(images) is g / B (`sds.surrogate_loss`)."""
+  with respect to x0 = encode(images) is g / B (`sds.surrogate_loss`). `encode` replaces
+  `prior.encode` (e.g. rematerialised)."""
   chex.assert_rank(images, 4)
-  x0 = prior.encode(prior_params, images)
+  x0 = (encode or prior.encode)(prior_params, images)
   g, aux = vsd_residual(prior, prior_params, eps_lora, key, x0, t, cond, uncond,
                         guidance_scale, weighting, plain, view_scale)
   g = sds.clip_residual(g, max_grad_norm)

@@ -43,6 +43,10 @@ class Lora:
   camera_drop: Annotated[float, Range(0, 1)]  # probability a camera is zeroed in its loss
   prediction: str  # "auto" (the prior's own), "epsilon" or "v_prediction": the loss's space
   merged: bool  # W + s·A·B inside the call (True) or the adapters applied beside W
+  # Recompute activations in the backward passes (jax.checkpoint) of the LoRA network's
+  # update and of the prior's encoder (a VAE for latent priors) in the particles' loss:
+  # less memory for one more forward of each.
+  remat: bool
 
   def __post_init__(self):
     if self.prediction not in PREDICTIONS:
@@ -83,9 +87,12 @@ class ProlificDreamer(dreamfusion.DreamFusion):
                         cams: cameras.Camera):
     g = self.config.guidance
     lora_eps = self._lora_eps(inputs, shared_params, inputs["conds"]["plain"])
+    encode = self.prior.encode
+    if self.config.lora.remat:
+      encode = jax.checkpoint(encode)
     return vsd.vsd_loss(self.prior, inputs["prior"], lambda x_t, tt: lora_eps(x_t, tt, cams.c2w),
                         key, images, t, cond, uncond, g.scale, g.timesteps.weighting,
-                        g.max_grad_norm or None, plain, g.view_scale)
+                        g.max_grad_norm or None, plain, g.view_scale, encode)
 
   def particle_outputs(self, aux, cams: cameras.Camera):
     return {"x0": jax.lax.stop_gradient(aux["x0"]), "c2w": cams.c2w}
@@ -111,9 +118,11 @@ class ProlificDreamer(dreamfusion.DreamFusion):
     del step
     x0 = outputs["x0"].reshape((-1,) + outputs["x0"].shape[2:])  # (P·V, h, w, c)
     c2w = outputs["c2w"].reshape(-1, 4, 4)
-    loss, metrics = vsd.lora_loss(self._lora_eps(inputs, shared_params, inputs["conds"]["plain"]),
-                                  self.prior.alphas_cumprod, key, x0, c2w, self.prediction,
-                                  self.config.lora.camera_drop)
+    eps_fn = self._lora_eps(inputs, shared_params, inputs["conds"]["plain"])
+    if self.config.lora.remat:
+      eps_fn = jax.checkpoint(eps_fn)
+    loss, metrics = vsd.lora_loss(eps_fn, self.prior.alphas_cumprod, key, x0, c2w,
+                                  self.prediction, self.config.lora.camera_drop)
     return loss, dict(metrics, lora_loss=loss)
 
 

@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jax3d.errors import UserError
+from jax3d.train import distributed
 
 _TMP = ".orbax-checkpoint-tmp"
 _NO_SPACE = ("No space left on device", f"os_error_code='{errno.ENOSPC}'")
@@ -92,7 +93,8 @@ class Checkpointer:
                     f"{kept}; free space and rerun the same command to resume")
 
   def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> None:
-    if shutil.disk_usage(self.directory).free < self._needed_bytes() + (1 << 20):
+    low = shutil.disk_usage(self.directory).free < self._needed_bytes() + (1 << 20)
+    if distributed.any_process(low):  # Every process refuses, or none: saving is collective.
       raise self._refuse(step)
     failure = None
     with _held_absl_logs() as held:
@@ -104,7 +106,8 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except  (orbax wraps the writer's OSError)
         failure = e
     if failure is not None and is_disk_full(failure):
-      self._remove_partial()
+      if distributed.is_main():
+        self._remove_partial()
       raise self._refuse(step) from None
     for record in held.records:
       logging.getLogger("absl").handle(record)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from jax3d.errors import Interrupted, UserError
+from jax3d.train import distributed
 from jax3d.train.checkpoint import Checkpointer
 from jax3d.train.logging import Logger
 
@@ -122,14 +123,16 @@ def run(step_fn: Callable[[Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
       if preview_fn is not None and schedule.preview_every and (
           step % schedule.preview_every == 0 or step == schedule.num_steps):
         preview_fn(step, state)
-      stopping = flag.received is not None or (
-          stop_after is not None and steps_this_call >= stop_after)
+      # In a multi-process run a signal to any process stops them all at the same step (the
+      # checkpoint below is a collective).
+      signalled = distributed.any_process(flag.received is not None)
+      stopping = signalled or (stop_after is not None and steps_this_call >= stop_after)
       if step % schedule.checkpoint_every == 0 or step == schedule.num_steps or stopping:
         checkpointer.save(step, state, {**(meta or {}), "metrics": metrics})
         if on_checkpoint is not None:
           on_checkpoint(step)
-      if flag.received is not None:
-        raise Interrupted(step, signum=flag.received)
+      if signalled:
+        raise Interrupted(step, signum=flag.received or signal.SIGTERM)
       if stopping:
         break
   return Result(state=state, step=step, metrics=metrics,

@@ -13,6 +13,8 @@ Layout of a run folder (its rules, lock and overwrite: `train.run_folder`):
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from typing import Any
@@ -24,6 +26,7 @@ import numpy as np
 from jax3d import cameras
 from jax3d.errors import UserError, shown
 from jax3d.systems import registry
+from jax3d.train import distributed
 from jax3d.train import memory
 from jax3d.train import run_folder
 
@@ -114,13 +117,18 @@ def generate(prompt: str, workdir: str, cfg: ml_collections.ConfigDict,
   prior_spec = resolve_prior(prior_spec, cfg)
   check_prompt_for_prior(prompt, prior_spec)
   identity = run_identity(prompt, method, prior_spec, cfg, dtype)
+  distributed.check_same(json.dumps({"run": identity, "jax3d": _version()}, sort_keys=True),
+                         "the run (prompt, method, prior, config, dtype or jax3d version)")
   run_folder.check(workdir, identity, overwrite)
   prior = priors.load_prior(prior_spec, dtype=dtype, allow_pickle=allow_pickle)
   system = registry.make_system(method, prompt, cfg, prior)  # Checks against the prior.
-  memory.check_step_fits(system.compile_step(), list(system.mesh.devices.flat),
+  memory.check_step_fits(system.compile_step(), list(system.mesh.local_devices),
                          memory.step_hint(system.config))
-  # Everything is valid: only now touch the disk.
-  with run_folder.start(workdir, identity, _version(), overwrite) as started:
+  # Everything is valid: only now touch the disk (the main process alone writes the folder).
+  start = (run_folder.start(workdir, identity, _version(), overwrite) if distributed.is_main()
+           else contextlib.nullcontext({"aside": None}))
+  with start as started:
+    distributed.barrier("jax3d-run-folder")
     return _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_bar,
                              discard=lambda _: run_folder.discard(started["aside"]))
 
@@ -136,9 +144,13 @@ def _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_ba
   k_init, k_train = jax.random.split(key)
   t0 = time.perf_counter()
   state = system.init(k_init)
-  logger = Logger(workdir, run.num_steps, desc=method, enable_bar=enable_bar)
+  main = distributed.is_main()
+  logger = Logger(workdir, run.num_steps, desc=method, enable_bar=enable_bar, write=main)
 
   def preview(step, st):
+    st = _particles_here(st)  # A collective: every process gathers.
+    if not main:
+      return
     image = preview_image(system, st, step, PREVIEW_SIZE)
     os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
     video.write_png(os.path.join(workdir, "previews", f"step_{step:06d}.png"), image)
@@ -160,10 +172,22 @@ def _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_ba
              "total_time_s": time.perf_counter() - t0, "resumed_from": result.resumed_from,
              "final_metrics": result.metrics, "device": jax.devices()[0].device_kind,
              "num_devices": len(jax.devices()), "num_particles": run.num_particles}
+  summary["num_processes"] = jax.process_count()
   if result.step >= run.num_steps:
-    summary["particles"] = export_all(system, result.state, result.step, workdir)
-    run_folder.write_json(os.path.join(workdir, "final", "metrics.json"), summary)
+    state = _particles_here(result.state)
+    if main:
+      summary["particles"] = export_all(system, state, result.step, workdir)
+      run_folder.write_json(os.path.join(workdir, "final", "metrics.json"), summary)
+    distributed.barrier("jax3d-exported")
   return summary
+
+
+def _particles_here(state):
+  """`state` with its particle leaves gathered onto this host (multi-process runs), so the
+  main process can render particles that live on other processes' devices."""
+  if not distributed.multi():
+    return state
+  return state.replace(particles=distributed.to_host(state.particles))
 
 
 def export_all(system, state, step: int, workdir: str, level: float | None = None) -> list[dict]:

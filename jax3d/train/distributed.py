@@ -1,0 +1,190 @@
+"""Multi-process runs: `jax.distributed` start-up, the main process, and cross-process checks.
+
+Every process runs the same command; `jax.distributed.initialize` joins them, after which
+`jax.devices()` lists every process's devices and one mesh (`train.sharding.make_mesh`) spans
+them all. Process 0 is the *main* process: it alone writes the run folder's files (config.json,
+TensorBoard, previews, final exports) and shows the progress bar; every process takes part in
+each step, in orbax's checkpoint saves and restores, and in the gathers that bring other
+processes' particles to process 0 for previews and export.
+
+Where the coordinator is: `--coordinator HOST:PORT --num-processes N --process-id I`, or the
+environment variables JAX3D_COORDINATOR, JAX3D_NUM_PROCESSES, JAX3D_PROCESS_ID, or nothing at
+all on TPU pods and SLURM (JAX detects them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import socket
+import time
+
+import numpy as np
+
+from jax3d.errors import UserError
+
+# jax is imported inside the functions: the CLI builds its parser (`add_flags`) before it.
+
+ENV = {"coordinator": "JAX3D_COORDINATOR", "num_processes": "JAX3D_NUM_PROCESSES",
+       "process_id": "JAX3D_PROCESS_ID"}
+# Seconds to wait for every process to join, and for a silent process to be declared dead
+# (JAX's coordination service then stops the others with an error).
+DEFAULT_INIT_TIMEOUT_S = 120
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--distributed", action="store_true",
+                      help="join a multi-process run (jax.distributed): TPU pods and SLURM are "
+                           "detected; elsewhere give --coordinator, --num-processes and "
+                           "--process-id (or JAX3D_COORDINATOR, JAX3D_NUM_PROCESSES, "
+                           "JAX3D_PROCESS_ID)")
+  parser.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+  parser.add_argument("--num-processes", type=int, default=None)
+  parser.add_argument("--process-id", type=int, default=None)
+  parser.add_argument("--init-timeout", type=int, default=DEFAULT_INIT_TIMEOUT_S,
+                      help="seconds to wait for every process to join")
+  parser.add_argument("--heartbeat-timeout", type=int, default=DEFAULT_HEARTBEAT_TIMEOUT_S,
+                      help="seconds of silence after which a process counts as dead and the "
+                           "others stop")
+
+
+def _setting(args, name: str, cast=str):
+  value = getattr(args, name, None)
+  if value is None and os.environ.get(ENV[name]):
+    try:
+      value = cast(os.environ[ENV[name]])
+    except ValueError:
+      raise UserError(f"{ENV[name]}={os.environ[ENV[name]]!r} is not a valid "
+                      f"{name.replace('_', ' ')}") from None
+  return value
+
+
+def initialize(args) -> None:
+  """Joins the multi-process run `args` describe (nothing without --distributed)."""
+  if not getattr(args, "distributed", False):
+    for flag in ("coordinator", "num_processes", "process_id"):
+      if getattr(args, flag, None) is not None:
+        raise UserError(f"--{flag.replace('_', '-')} needs --distributed")
+    return
+  coordinator = _setting(args, "coordinator")
+  num_processes = _setting(args, "num_processes", int)
+  process_id = _setting(args, "process_id", int)
+  given = [v is not None for v in (coordinator, num_processes, process_id)]
+  if any(given) and not all(given):
+    raise UserError("give all of --coordinator, --num-processes and --process-id (or their "
+                    "JAX3D_* variables), or none of them on a TPU pod or under SLURM")
+  if all(given):
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise UserError(f"--process-id must be in [0, {num_processes}) for --num-processes "
+                      f"{num_processes}, got {process_id}")
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+      raise UserError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+  for name in ("init_timeout", "heartbeat_timeout"):
+    if getattr(args, name) < 1:
+      raise UserError(f"--{name.replace('_', '-')} must be >= 1 second, got "
+                      f"{getattr(args, name)}")
+  if all(given):
+    # JAX aborts the process (no exception) when it cannot register with the coordinator, so
+    # the coordinator's port is checked here first: free on process 0, answering elsewhere.
+    if process_id == 0:
+      _check_port_free(host, int(port))
+    else:
+      _wait_for_coordinator(host, int(port), args.init_timeout)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator, num_processes, process_id,
+                               initialization_timeout=args.init_timeout,
+                               heartbeat_timeout_seconds=args.heartbeat_timeout)
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    where = coordinator or "the detected cluster"
+    raise UserError(f"could not join the distributed run at {where} within "
+                    f"{args.init_timeout} s ({first[:200]}); start every process with the same "
+                    f"--coordinator and --num-processes and distinct --process-id, with "
+                    f"process 0 able to listen on that port") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      s.bind(("", port))
+    except OSError as e:
+      raise UserError(f"process 0 cannot listen on port {port} ({e.strerror}); choose a free "
+                      f"port in --coordinator for every process") from None
+
+
+def _wait_for_coordinator(host: str, port: int, timeout_s: float) -> None:
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, port), timeout=2.0):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise UserError(f"could not reach the coordinator {host}:{port} within {timeout_s:g} s "
+                        f"({e.strerror or e}); start process 0 with the same --coordinator, "
+                        f"or raise --init-timeout") from None
+      time.sleep(0.5)
+
+
+def process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
+
+
+def is_main() -> bool:
+  return process_index() == 0
+
+
+def multi() -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_count() > 1
+
+
+def check_same(text: str, what: str) -> None:
+  """Refuses a run whose processes disagree on `text` (e.g. the resolved config): its sha256
+  is gathered from every process and compared."""
+  if not multi():
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+  every = np.asarray(multihost_utils.process_allgather(digest))
+  odd = [i for i in range(every.shape[0]) if not np.array_equal(every[i], every[0])]
+  if odd:
+    raise UserError(f"the processes disagree on {what} (process {odd[0]} differs from process "
+                    f"0); run the same jax3d version and the same command on every host")
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process (every process calls this at the same point)."""
+  if not multi():
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
+def barrier(name: str) -> None:
+  if multi():
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree):
+  """Every leaf of a pytree of (possibly multi-process) arrays as a NumPy array on this host
+  (a collective: every process calls it)."""
+  if not multi():
+    return tree
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
+                      tree)
+
+
+__all__ = ["add_flags", "initialize", "process_index", "is_main", "multi", "check_same", "any_process",
+           "barrier", "to_host", "ENV"]

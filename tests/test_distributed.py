@@ -1,0 +1,131 @@
+"""Multi-process runs on one machine: two `jax3d generate --distributed` processes with two CPU
+devices each equal one process with four, and resume after both are stopped."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jax3d import cli
+from jax3d.errors import UserError
+from jax3d.priors import registry as priors
+from jax3d.systems import registry
+from jax3d.train import distributed
+from jax3d.train.checkpoint import Checkpointer
+
+TINY = ["--config.camera.height=8", "--config.camera.width=8", "--config.views_per_step=1",
+        "--config.field.hashgrid.num_levels=2", "--config.field.hashgrid.log2_table_size=8",
+        "--config.field.hashgrid.max_resolution=16", "--config.field.hidden_dim=8",
+        "--config.render.num_samples=8", "--config.num_steps=3", "--config.checkpoint_every=1",
+        "--config.preview_every=3", "--config.export.mesh_resolution=16",
+        "--config.export.video_frames=2", "--config.export.video_size=16"]
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ARGS = ["generate", "a red cube", "--particles", "4", *TINY]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, *extra, timeout=240):
+  """Runs ARGS as 2 processes x 2 CPU devices through launch/local.sh; (exit code, stderr)."""
+  env = dict(_env(2), JAX3D_LOCAL_DEVICES="2", JAX3D_PORT=str(_free_port()))
+  p = subprocess.run(
+      ["bash", str(REPO / "launch" / "local.sh"), "2", sys.executable, "-m", "jax3d", *ARGS,
+       "--workdir", str(workdir), *extra, "--init-timeout", "60", "--heartbeat-timeout", "20"],
+      env=env, capture_output=True, text=True, timeout=timeout)
+  return p.returncode, p.stderr
+
+
+def _env(devices: int) -> dict[str, str]:
+  """Subprocess environment: `devices` CPU devices, this suite's compilation cache."""
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+
+
+def _final_state(workdir: pathlib.Path, like):
+  """The last checkpoint's state, restored onto this process's 4 devices."""
+  checkpointer = Checkpointer(str(workdir / "checkpoints"))
+  try:
+    return checkpointer.restore(like)[0]
+  finally:
+    checkpointer.close()
+
+
+def test_two_processes_equal_one_and_resume_after_both_stop(tmp_path):
+  split = tmp_path / "two"
+  code, err = _two_processes(split, "--stop-after", "2")
+  assert code == 0, err[-3000:]
+  assert sorted(os.listdir(split / "checkpoints")) == ["1", "2"]
+  assert not (split / "final").exists()
+  code, err = _two_processes(split)
+  assert code == 0 and "process 1: done at step 3" in err, err[-3000:]
+  # Only the main process wrote the folder's files; the export holds every particle.
+  assert sorted(os.listdir(split / "final")) == [
+      "metrics.json", "particle_0", "particle_1", "particle_2", "particle_3", "particles.gif",
+      "particles.mp4"]
+  assert len(os.listdir(split / "tensorboard")) == 2  # one events file per call, not per process
+
+  one = tmp_path / "one"
+  assert len(jax.devices()) == 4
+  assert cli.main([*ARGS, "--workdir", str(one)]) == 0
+  _, cfg = registry.resolve(None, None, [o[len("--config."):] for o in TINY])
+  cfg.num_particles = 4
+  system = registry.make_system("sds", "a red cube", cfg, priors.load_prior(cfg.prior))
+  like = system.init(jax.random.key(0))
+  a, b = _final_state(split, like), _final_state(one, like)
+  assert int(a.step) == 3
+  for x, y in zip(jax.tree.leaves(a.particles), jax.tree.leaves(b.particles)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
+
+
+def test_processes_that_disagree_on_the_config_stop_before_writing(tmp_path):
+  port = _free_port()
+  env = _env(1)
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "jax3d", *ARGS, f"--config.seed={i}", "--workdir",
+       str(tmp_path / "W"), "--distributed", "--coordinator", f"127.0.0.1:{port}",
+       "--num-processes", "2", "--process-id", str(i), "--init-timeout", "60"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  errs = [p.communicate(timeout=180)[1] for p in procs]
+  assert [p.returncode for p in procs] == [2, 2], errs
+  for err in errs:
+    line = [x for x in err.splitlines() if x.startswith("jax3d: error:")]
+    assert len(line) == 1 and "processes disagree on the run" in line[0], err[-2000:]
+  assert not (tmp_path / "W").exists()
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--coordinator", "127.0.0.1:1"], "needs --distributed"),
+    (["--distributed", "--coordinator", "127.0.0.1:1"], "give all of"),
+    (["--distributed", "--coordinator", "x", "--num-processes", "2", "--process-id", "0"],
+     "HOST:PORT"),
+    (["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
+     "must be in [0, 2)"),
+])
+def test_bad_distributed_flags_are_refused(flags, needle):
+  parser = cli.build_parser()
+  args, _ = parser.parse_known_args(["generate", "a red cube", "--workdir", "W", *flags])
+  with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("(", r"\(")
+                     .replace(")", r"\)")):
+    distributed.initialize(args)
+
+
+def test_an_unreachable_coordinator_is_one_line_after_the_timeout(tmp_path):
+  env = _env(1)
+  p = subprocess.run(
+      [sys.executable, "-m", "jax3d", *ARGS, "--workdir", str(tmp_path / "W"), "--distributed",
+       "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--process-id",
+       "1", "--init-timeout", "3"], env=env, capture_output=True, text=True, timeout=120)
+  lines = [x for x in p.stderr.splitlines() if x.startswith("jax3d: error:")]
+  assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+  assert "could not reach the coordinator" in lines[0]
+  assert not (tmp_path / "W").exists()
