@@ -75,6 +75,10 @@ def initialize(args) -> None:
   if any(given) and not all(given):
     raise UserError("give all of --coordinator, --num-processes and --process-id (or their "
                     "JAX3D_* variables), or none of them on a TPU pod or under SLURM")
+  for name in ("init_timeout", "heartbeat_timeout"):
+    if getattr(args, name) < 1:
+      raise UserError(f"--{name.replace('_', '-')} must be >= 1 second, got "
+                      f"{getattr(args, name)}")
   if all(given):
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise UserError(f"--process-id must be in [0, {num_processes}) for --num-processes "
@@ -82,15 +86,10 @@ def initialize(args) -> None:
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit():
       raise UserError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
-  for name in ("init_timeout", "heartbeat_timeout"):
-    if getattr(args, name) < 1:
-      raise UserError(f"--{name.replace('_', '-')} must be >= 1 second, got "
-                      f"{getattr(args, name)}")
-  if all(given):
     # JAX aborts the process (no exception) when it cannot register with the coordinator, so
     # the coordinator's port is checked here first: free on process 0, answering elsewhere.
     if process_id == 0:
-      _check_port_free(host, int(port))
+      _check_port_free(int(port))
     else:
       _wait_for_coordinator(host, int(port), args.init_timeout)
   import jax  # pylint: disable=g-import-not-at-top
@@ -109,7 +108,7 @@ def initialize(args) -> None:
                     f"process 0 able to listen on that port") from None
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(port: int) -> None:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

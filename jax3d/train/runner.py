@@ -171,8 +171,8 @@ def _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_ba
              "wall_time_s": result.wall_time, "compile_time_s": result.compile_time,
              "total_time_s": time.perf_counter() - t0, "resumed_from": result.resumed_from,
              "final_metrics": result.metrics, "device": jax.devices()[0].device_kind,
-             "num_devices": len(jax.devices()), "num_particles": run.num_particles}
-  summary["num_processes"] = jax.process_count()
+             "num_devices": len(jax.devices()), "num_processes": jax.process_count(),
+             "num_particles": run.num_particles}
   if result.step >= run.num_steps:
     state = _particles_here(result.state)
     if main:
