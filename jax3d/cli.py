@@ -62,6 +62,10 @@ def _cmd_bench(args, overrides):
   if overrides and args.what not in ("solids", "step"):
     raise UserError(f"`jax3d bench {args.what}` takes no --config overrides")
   args.overrides = overrides
+  if args.distributed and args.what != "step":
+    raise UserError(f"--distributed is for `jax3d bench step`, not `bench {args.what}` (run "
+                    f"`jax3d bench solids` prompts as separate `generate --distributed` runs)")
+  distributed.initialize(args)
   from jax3d import bench
   return bench.main(args)
 
@@ -78,7 +82,12 @@ def _cmd_train_prior(args, overrides):
   cfg = configuration.apply_overrides(configuration.load(args.config, "default"), overrides)
   if args.stop_after is not None and args.stop_after < 1:
     raise UserError(f"--stop-after must be at least 1, got {args.stop_after}")
+  distributed.initialize(args)
   summary = prior.train(args.workdir, cfg, stop_after=args.stop_after, export_to=args.export_to)
+  if not distributed.is_main():
+    print(f"process {distributed.process_index()}: done at step {summary['step']}",
+          file=sys.stderr)
+    return 0
   print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
         f"(loss {summary['final_loss']:.4f}); prior folder: {summary.get('exported', '-')}")
   return 0
@@ -165,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "override keys with --config.KEY=VALUE")
   p.add_argument("--workdir-root", default="runs/bench-solids",
                  help="`bench solids`: run folders go under ROOT/METHOD/PROMPT")
+  distributed.add_flags(p)
   p.set_defaults(handler=_cmd_bench, takes_config=True)
 
   p = sub.add_parser("sample", help="draw images from a 2D prior with DDIM (a grid PNG)")
@@ -226,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--stop-after", type=int, default=None,
                  help="stop (with a checkpoint) after this many steps of this call; "
                       "launch/export_prior_checkpoint.py exports such a run")
+  distributed.add_flags(p)
   p.set_defaults(handler=_cmd_train_prior, takes_config=True)
   return parser
 
@@ -256,7 +267,10 @@ def _error(lines: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   with _signals_raise():
-    return _main(argv)
+    try:
+      return _main(argv)
+    finally:
+      distributed.finish()
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -280,8 +294,9 @@ def _main(argv: Sequence[str] | None) -> int:
     e = Interrupted(signum=signal.SIGINT)
     print(f"jax3d: {e}", file=sys.stderr)
     return e.exit_code
-  except OSError as e:
-    if e.errno != errno.ENOSPC:
+  except Exception as e:  # pylint: disable=broad-except
+    distributed.exit_if_lost_peer(e)
+    if not isinstance(e, OSError) or e.errno != errno.ENOSPC:
       raise
     return _error([f"no space left on device writing {e.filename or 'a file'}; free space "
                    f"and rerun the same command to resume (completed checkpoints are kept)"])

@@ -6,6 +6,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -34,11 +35,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _two_processes(workdir, *extra, timeout=240):
-  """Runs ARGS as 2 processes x 2 CPU devices through launch/local.sh; (exit code, stderr)."""
+def _two_processes(workdir, *extra, args=tuple(ARGS), timeout=240):
+  """Runs `args` as 2 processes x 2 CPU devices through launch/local.sh; (exit code, stderr)."""
   env = dict(_env(2), JAX3D_LOCAL_DEVICES="2", JAX3D_PORT=str(_free_port()))
   p = subprocess.run(
-      ["bash", str(REPO / "launch" / "local.sh"), "2", sys.executable, "-m", "jax3d", *ARGS,
+      ["bash", str(REPO / "launch" / "local.sh"), "2", sys.executable, "-m", "jax3d", *args,
        "--workdir", str(workdir), *extra, "--init-timeout", "60", "--heartbeat-timeout", "20"],
       env=env, capture_output=True, text=True, timeout=timeout)
   return p.returncode, p.stderr
@@ -87,6 +88,75 @@ def test_two_processes_equal_one_and_resume_after_both_stop(tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
 
 
+VSD_TINY = ["--config.camera.height=8", "--config.camera.width=8",
+            "--config.field.hashgrid.num_levels=2", "--config.field.hashgrid.log2_table_size=8",
+            "--config.field.hashgrid.max_resolution=16", "--config.field.hidden_dim=8",
+            "--config.render.num_samples=8", "--config.lora.warmup_steps=0",
+            "--config.checkpoint_every=1"]
+VSD_ARGS = ["generate", "a red cube", "--method", "vsd", "--particles", "4", *VSD_TINY,
+            "--stop-after", "2"]
+
+
+def test_vsd_in_two_processes_equals_one_process(tmp_path):
+  """VSD's particles (split over processes) and its LoRA (replicated on every device of both
+  processes, its gradient reduced over all particles) after two steps: as in one process."""
+  code, err = _two_processes(tmp_path / "two", args=VSD_ARGS)
+  assert code == 0, err[-3000:]
+  assert cli.main([*VSD_ARGS, "--workdir", str(tmp_path / "one")]) == 0
+  _, cfg = registry.resolve("vsd", None, [o[len("--config."):] for o in VSD_TINY])
+  cfg.num_particles = 4
+  system = registry.make_system("vsd", "a red cube", cfg, priors.load_prior(cfg.prior))
+  like = system.init(jax.random.key(0))
+  a, b = _final_state(tmp_path / "two", like), _final_state(tmp_path / "one", like)
+  assert int(a.step) == int(b.step) == 2
+  for x, y in zip(jax.tree.leaves(a.shared), jax.tree.leaves(b.shared)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=2e-4)
+  for x, y in zip(jax.tree.leaves(a.particles), jax.tree.leaves(b.particles)):
+    x, y = np.asarray(x), np.asarray(y)  # boundary-cell flips: see test_prolificdreamer
+    assert np.mean(np.abs(x - y) > 1e-3) <= 5e-3, np.sort(np.abs(x - y).ravel())[-8:]
+
+
+LONG_ARGS = [a for a in ARGS if not a.startswith("--config.num_steps=")] + [
+    "--config.num_steps=400"]
+
+
+def test_a_dead_process_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_path):
+  """SIGKILL of process 1 mid-run: process 0's next collective fails and it exits 1 with one
+  line at once (not after the heartbeat timeout); the same command then resumes from the last
+  complete checkpoint."""
+  work, port = tmp_path / "W", _free_port()
+  args = [*LONG_ARGS, "--workdir", str(work), "--distributed",
+          "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+          "--heartbeat-timeout", "60"]
+  procs = [subprocess.Popen([sys.executable, "-m", "jax3d", *args, "--process-id", str(i)],
+                            env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  try:
+    deadline = time.monotonic() + 180
+    while not (work / "checkpoints" / "2").exists():
+      assert time.monotonic() < deadline and procs[0].poll() is None, "no checkpoint"
+      time.sleep(0.2)
+    procs[1].kill()
+    t0 = time.monotonic()
+    err = procs[0].communicate(timeout=50)[1]
+    assert time.monotonic() - t0 < 50
+  finally:
+    for p in procs:
+      p.kill()
+      p.communicate()
+  lines = [x for x in err.splitlines() if "jax3d: error:" in x]
+  assert procs[0].returncode == 1 and len(lines) == 1, err[-3000:]
+  assert "another process has probably died" in lines[0] and "Traceback" not in err
+  last = Checkpointer(str(work / "checkpoints"))
+  done = last.latest_step()
+  last.close()
+  code, err = _two_processes(work, "--stop-after", "1", args=LONG_ARGS)
+  assert code == 0, err[-3000:]
+  again = Checkpointer(str(work / "checkpoints"))
+  assert again.latest_step() == done + 1
+  again.close()
+
+
 def test_processes_that_disagree_on_the_config_stop_before_writing(tmp_path):
   port = _free_port()
   env = _env(1)
@@ -129,3 +199,8 @@ def test_an_unreachable_coordinator_is_one_line_after_the_timeout(tmp_path):
   assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
   assert "could not reach the coordinator" in lines[0]
   assert not (tmp_path / "W").exists()
+
+
+def test_distributed_is_refused_where_it_has_no_meaning(capsys):
+  assert cli.main(["bench", "render", "--quick", "--distributed"]) == 2
+  assert "--distributed is for `jax3d bench step`" in capsys.readouterr().err

@@ -59,6 +59,7 @@ def header(what: str, argv: Sequence[str]) -> dict[str, Any]:
       "device": device.device_kind,
       "platform": device.platform,
       "device_count": jax.device_count(),
+      "process_count": jax.process_count(),
       "jax_version": jax.__version__,
       "versions": versions(),
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -71,11 +72,15 @@ def main(args) -> int:
     raise UserError(f"unknown benchmark {args.what!r}; choose one of {', '.join(BENCHMARKS)}")
   if args.repeats < 1:
     raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+  import jax  # pylint: disable=g-import-not-at-top
   module = importlib.import_module(f"jax3d.bench.{args.what}")
   head = header(args.what, getattr(args, "argv", sys.argv[1:]))
   rows, settings = module.run(args)
+  if jax.process_index() != 0:  # a multi-process `bench step`: process 0 reports
+    return 0
   payload = {**head, "quick": bool(args.quick), "settings": settings, "rows": rows}
-  title = (f"jax3d bench {args.what}: {head['device']} x{head['device_count']} "
+  procs = f" in {head['process_count']} processes" if head["process_count"] > 1 else ""
+  title = (f"jax3d bench {args.what}: {head['device']} x{head['device_count']}{procs} "
            f"({head['platform']}), jax {head['jax_version']}, commit {head['commit']}"
            f"{' (quick)' if args.quick else ''}")
   if "grid_label" in settings:

@@ -9,7 +9,9 @@ parts a method names (VSD: the LoRA network's call and its update). A system wit
 device) is measured at each value, with its ratio to the first; the render and call rows are
 one particle's. Seconds are medians, compile excluded (first_step_s includes it).
 step_mem_mib is XLA's memory analysis of the compiled step per device (arguments, outputs
-not aliased, temporaries); peak_mem_mib the device allocator's peak on GPU/TPU.
+not aliased, temporaries); peak_mem_mib the device allocator's peak on GPU/TPU. With
+--distributed (every process runs the same command) only the whole step is timed, over every
+process's devices, and process 0 reports.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ def _time_steps(step, state, key, repeats: int) -> tuple[float, float, Any]:
 
 def run(args) -> tuple[list[Row], dict[str, Any]]:
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax3d import configuration  # pylint: disable=g-import-not-at-top
   from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
   from jax3d.systems import registry  # pylint: disable=g-import-not-at-top
@@ -69,32 +70,40 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
     system = registry.make_system(method, PROMPT, run_cfg, prior)
     state = system.init(jax.random.key(0))
     first, step_s, state = _time_steps(system.train_step, state, jax.random.key(1), repeats)
-    stats = jax.devices()[0].memory_stats() or {}  # GPU/TPU: the peak so far
+    stats = jax.local_devices()[0].memory_stats() or {}  # GPU/TPU: the peak so far
     needed = system.compile_step()  # XLA's estimate for the step, per device
-    params = jax.tree.map(lambda x: x[0], state.particles["params"])  # on the mesh
-    parts = system.step_parts(state, jax.random.key(2))
-    _, render_s = time_compiled(parts.render, (params, jax.random.key(3)), repeats)
-    _, render_bwd_s = time_compiled(jax.grad(lambda p, k: jnp.sum(parts.render(p, k))),
-                                    (params, jax.random.key(3)), repeats)
-    views = jax.eval_shape(parts.render, params, jax.random.key(3)).shape[0]
-    x0 = jnp.zeros((views,) + tuple(prior.latent_shape), jnp.float32)
-    _, prior_s = time_compiled(parts.guidance, (system.inputs["prior"], x0, jax.random.key(4)),
-                               repeats)
-    extras = {name: time_compiled(fn, fn_args, repeats)[1]
-              for name, fn, fn_args in parts.extras}
     row = {"method": method}
     if label is not None:
       row[label] = value
-    row.update({"views": views, "step_s": step_s, "steps_per_s": 1.0 / step_s,
-                "first_step_s": first, "render_fwd_s": render_s,
-                "render_fwd_bwd_s": render_bwd_s, "prior_s": prior_s, **extras,
-                "rest_s": step_s - render_bwd_s - prior_s - sum(extras.values()),
-                "step_mem_mib": None if needed is None else needed / 2**20,
+    row.update({"step_s": step_s, "steps_per_s": 1.0 / step_s, "first_step_s": first})
+    if jax.process_count() == 1:  # the parts are one particle's, on this process's devices
+      row.update(_parts(system, state, prior, step_s, repeats))
+    row.update({"step_mem_mib": None if needed is None else needed / 2**20,
                 "peak_mem_mib": (stats["peak_bytes_in_use"] / 2**20
                                  if "peak_bytes_in_use" in stats else None)})
     if label is not None:
       first_row = first_row or row
       row[f"step_vs_{label}{values[0]}"] = step_s / first_row["step_s"]
-      row[f"prior_vs_{label}{values[0]}"] = prior_s / first_row["prior_s"]
+      if "prior_s" in row:
+        row[f"prior_vs_{label}{values[0]}"] = row["prior_s"] / first_row["prior_s"]
     rows.append(row)
   return rows, settings
+
+
+def _parts(system, state, prior, step_s: float, repeats: int) -> dict[str, Any]:
+  """Seconds of the step's render (forward, forward+backward), prior call and extras."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  params = jax.tree.map(lambda x: x[0], state.particles["params"])  # on the mesh
+  parts = system.step_parts(state, jax.random.key(2))
+  _, render_s = time_compiled(parts.render, (params, jax.random.key(3)), repeats)
+  _, render_bwd_s = time_compiled(jax.grad(lambda p, k: jnp.sum(parts.render(p, k))),
+                                  (params, jax.random.key(3)), repeats)
+  views = jax.eval_shape(parts.render, params, jax.random.key(3)).shape[0]
+  x0 = jnp.zeros((views,) + tuple(prior.latent_shape), jnp.float32)
+  _, prior_s = time_compiled(parts.guidance, (system.inputs["prior"], x0, jax.random.key(4)),
+                             repeats)
+  extras = {name: time_compiled(fn, fn_args, repeats)[1] for name, fn, fn_args in parts.extras}
+  return {"views": views, "render_fwd_s": render_s, "render_fwd_bwd_s": render_bwd_s,
+          "prior_s": prior_s, **extras,
+          "rest_s": step_s - render_bwd_s - prior_s - sum(extras.values())}

@@ -18,6 +18,8 @@ import argparse
 import hashlib
 import os
 import socket
+import sys
+import threading
 import time
 
 import numpy as np
@@ -32,6 +34,7 @@ ENV = {"coordinator": "JAX3D_COORDINATOR", "num_processes": "JAX3D_NUM_PROCESSES
 # (JAX's coordination service then stops the others with an error).
 DEFAULT_INIT_TIMEOUT_S = 120
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+EXIT_LOST_PEER = 1  # a runtime failure, not bad input (2)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +98,10 @@ def initialize(args) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # A failed process then fails its peers' next collective (one line, `exit_if_lost_peer`)
+  # instead of the coordination service aborting them with a multi-line fatal log; a hung one
+  # is caught by the watchdog.
+  jax.config.update("jax_enable_recoverability", True)
   try:
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=args.init_timeout,
@@ -106,6 +113,134 @@ def initialize(args) -> None:
                     f"{args.init_timeout} s ({first[:200]}); start every process with the same "
                     f"--coordinator and --num-processes and distinct --process-id, with "
                     f"process 0 able to listen on that port") from None
+  _WATCHDOG.start(args.heartbeat_timeout)
+
+
+def _die(message: str) -> None:
+  """Ends this process at once with one line: an orderly exit would wait `shutdown_timeout`
+  seconds at JAX's shutdown barrier for the lost process."""
+  import jax  # pylint: disable=g-import-not-at-top
+  sys.stderr.write(f"\njax3d: error: process {jax.process_index()}: {message}. Rerun the same "
+                   f"launch command on every host to resume from the last complete "
+                   f"checkpoint\n")
+  sys.stderr.flush()
+  os._exit(EXIT_LOST_PEER)  # pylint: disable=protected-access
+
+
+class _Watchdog:
+  """Stops this process with one line when a peer stops answering for `timeout_s` (hung, or
+  its host gone), through counters in the coordination service's key-value store: process 0
+  watches every other process, the others watch process 0 (whose exit then fails everyone's
+  next collective). `stop()` before a normal exit."""
+
+  def __init__(self):
+    self._stopped = threading.Event()
+    self._round = 0.0
+
+  def start(self, timeout_s: float) -> None:
+    import jax  # pylint: disable=g-import-not-at-top
+    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+    client = jax_distributed.global_state.client
+    me, n = jax.process_index(), jax.process_count()
+    if n < 2 or client is None:
+      return
+    period = max(0.5, timeout_s / 10)
+    watched = list(range(1, n)) if me == 0 else [0]
+    self._round = time.monotonic()
+
+    def beat():
+      count = 0
+      last = {j: ("", time.monotonic()) for j in watched}
+      while not self._stopped.is_set():
+        count += 1
+        try:
+          client.key_value_set(f"jax3d/beat/{me}", str(count), allow_overwrite=True)
+          now = time.monotonic()
+          for j in list(last):
+            try:
+              value = client.key_value_try_get(f"jax3d/beat/{j}")
+            except Exception:  # pylint: disable=broad-except  (not written yet)
+              value = ""
+            if value == "done":
+              del last[j]
+            elif value != last[j][0]:
+              last[j] = (value, now)
+            elif now - last[j][1] > timeout_s and not self._stopped.is_set():
+              _die(f"process {j} has not answered for {timeout_s:g} s (hung, or its host is "
+                   f"gone); every process stops")
+        except Exception as e:  # pylint: disable=broad-except
+          if not self._stopped.is_set():
+            _die(f"lost the coordinator, process 0 ({_first_line(e)}); every process stops")
+        self._round = time.monotonic()
+        self._stopped.wait(period)
+
+    def deadman():
+      while not self._stopped.wait(period):
+        if time.monotonic() - self._round > timeout_s + period:
+          _die(f"no answer from the coordinator, process 0, for {timeout_s:g} s (hung, or "
+               f"its host is gone); every process stops")
+
+    for fn in (beat, deadman):
+      threading.Thread(target=fn, name=f"jax3d-{fn.__name__}", daemon=True).start()
+
+  def stop(self) -> None:
+    if self._stopped.is_set():
+      return
+    self._stopped.set()
+    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+    client = jax_distributed.global_state.client
+    if client is not None:
+      try:
+        import jax  # pylint: disable=g-import-not-at-top
+        client.key_value_set(f"jax3d/beat/{jax.process_index()}", "done", allow_overwrite=True)
+      except Exception:  # pylint: disable=broad-except
+        pass
+
+
+_WATCHDOG = _Watchdog()
+
+
+def finish(timeout_s: float = 60.0) -> None:
+  """Ends a multi-process run in order: the watchdog stops, every process meets at a barrier,
+  the others leave the coordination service, then process 0 (which hosts it) leaves. With
+  recoverable tasks JAX's own shutdown does not wait for the others, and a process whose
+  service is gone aborts."""
+  jax = sys.modules.get("jax")
+  if jax is None or not jax.distributed.is_initialized():
+    return
+  _WATCHDOG.stop()
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  n = jax.process_count()
+  try:
+    client.wait_at_barrier("jax3d-finish", int(timeout_s * 1000))
+    if jax.process_index() == 0:
+      deadline = time.monotonic() + timeout_s
+      while len(client.get_live_nodes(list(range(n)))) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    jax.distributed.shutdown()
+  except Exception:  # pylint: disable=broad-except  (a peer already gone: nothing to order)
+    sys.stderr.flush()
+    os._exit(EXIT_LOST_PEER)  # pylint: disable=protected-access
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def exit_if_lost_peer(error: BaseException) -> None:
+  """In a multi-process run, ends this process with one line on stderr and exit code 1 when
+  `error` is the runtime's failure of a collective (a peer process died: its sockets closed);
+  returns otherwise. `os._exit`, because an orderly exit waits `shutdown_timeout` seconds at
+  JAX's shutdown barrier for the dead process and then aborts with a multi-line log."""
+  jax = sys.modules.get("jax")
+  if jax is None or not jax.distributed.is_initialized() or jax.process_count() < 2:
+    return
+  if not isinstance(error, jax.errors.JaxRuntimeError):
+    return
+  _die(f"a collective with the other processes failed ({_first_line(error)}); another "
+       f"process has probably died")
 
 
 def _check_port_free(port: int) -> None:
@@ -185,5 +320,6 @@ def to_host(tree):
                       tree)
 
 
-__all__ = ["add_flags", "initialize", "process_index", "is_main", "multi", "check_same", "any_process",
+__all__ = ["add_flags", "initialize", "finish", "exit_if_lost_peer", "process_index", "is_main", "multi",
+           "check_same", "any_process",
            "barrier", "to_host", "ENV"]

@@ -24,8 +24,10 @@ from jax3d import configuration
 from jax3d.errors import UserError
 from jax3d.priors import sampling, solids_model
 from jax3d.solids import dataset as dataset_lib
+from jax3d.train import distributed
 from jax3d.train import loop
 from jax3d.train import run_folder
+from jax3d.train import sharding
 from jax3d.train.checkpoint import Checkpointer
 from jax3d.train.logging import Logger
 
@@ -62,8 +64,9 @@ def view_scheme(cfg: ml_collections.ConfigDict) -> str:
 
 
 def make_loss(nets: solids_model.Networks, cfg: ml_collections.ConfigDict,
-              alphas_cumprod: jax.Array):
-  """`loss(params, data, key)`: the ε-MSE of one random captioned batch drawn from `data`."""
+              alphas_cumprod: jax.Array, mesh: jax.sharding.Mesh | None = None):
+  """`loss(params, data, key)`: the ε-MSE of one random captioned batch drawn from `data`;
+  with a `mesh`, the batch is split over its devices (data parallel)."""
   probs = dataset_lib.CaptionProbs(drop=cfg.data.drop, colourless=cfg.data.colourless,
                                    view_suffix=cfg.data.view_suffix,
                                    other_article=cfg.data.other_article)
@@ -75,6 +78,8 @@ def make_loss(nets: solids_model.Networks, cfg: ml_collections.ConfigDict,
     k_idx, k_cap, k_t, k_eps, k_flip = jax.random.split(key, 5)
     idx = jax.random.randint(k_idx, (batch,), 0, data["images"].shape[0])
     x0 = data["images"][idx] * 2.0 - 1.0
+    if mesh is not None:
+      x0 = sharding.split_batch(x0, mesh)
     view = data["view_labels"][idx]
     if hflip:
       flip = jax.random.bernoulli(k_flip, 0.5, (batch, 1, 1, 1))
@@ -93,9 +98,11 @@ def make_loss(nets: solids_model.Networks, cfg: ml_collections.ConfigDict,
 
 
 def make_step(nets: solids_model.Networks, tx: optax.GradientTransformation,
-              cfg: ml_collections.ConfigDict, alphas_cumprod: jax.Array):
-  """The jitted train step over (state, data, key); data stays on device as arguments."""
-  loss_fn = make_loss(nets, cfg, alphas_cumprod)
+              cfg: ml_collections.ConfigDict, alphas_cumprod: jax.Array,
+              mesh: jax.sharding.Mesh | None = None):
+  """The jitted train step over (state, data, key); data stays on device as arguments. With
+  a `mesh`, state and data are replicated on it and each batch is split over its devices."""
+  loss_fn = make_loss(nets, cfg, alphas_cumprod, mesh)
   ema_decay = cfg.train.ema_decay
 
   @jax.jit
@@ -124,15 +131,14 @@ class Setup:
 
 
 def prepare(workdir: str, cfg: ml_collections.ConfigDict) -> Setup:
-  """Builds networks, the (cached) dataset, the initial state and the jitted step."""
+  """Builds networks, the (cached) dataset, the initial state and the jitted step, with
+  state and data replicated over every device (of every process) and batches split."""
   model_cfg = configuration.typed(solids_model.ModelConfig, cfg.model, "model")
   nets = solids_model.build(model_cfg)
   alphas = solids_model.alphas_cumprod(model_cfg)
   k_data, k_init, k_train = jax.random.split(jax.random.key(cfg.seed), 3)
   t0 = time.perf_counter()
-  ds = dataset_lib.build_cached(os.path.join(workdir, "dataset.npz"), k_data,
-                               cfg.data.views_per_object, model_cfg.resolution,
-                               cfg.data.supersample)
+  ds = _dataset(workdir, k_data, cfg, model_cfg.resolution)
   data = {"images": jnp.asarray(ds.images), "objects": jnp.asarray(ds.objects),
           "view_labels": jnp.asarray(ds.view_labels(view_scheme(cfg))),
           "tokens": jnp.asarray(_tokenize(dataset_lib.caption_texts(view_scheme(cfg)),
@@ -143,9 +149,25 @@ def prepare(workdir: str, cfg: ml_collections.ConfigDict) -> Setup:
     params = params_from_folder(params, str(cfg.train.init_from))
   tx = make_optimizer(cfg)
   state = {"params": params, "ema": params, "opt_state": tx.init(params)}
+  mesh = sharding.data_mesh()
+  data, state = sharding.replicate((data, state), mesh)
   return Setup(nets=nets, alphas_cumprod=alphas, data=data, state=state,
-               step=make_step(nets, tx, cfg, alphas), loss=make_loss(nets, cfg, alphas),
-               train_key=k_train, data_time=data_time)
+               step=make_step(nets, tx, cfg, alphas, mesh),
+               loss=make_loss(nets, cfg, alphas, mesh), train_key=k_train,
+               data_time=data_time)
+
+
+def _dataset(workdir: str, key: jax.Array, cfg: ml_collections.ConfigDict,
+             resolution: int) -> dataset_lib.Dataset:
+  """The training renders, cached in workdir/dataset.npz; in a multi-process run process 0
+  writes the cache and the others read it (the same key renders the same images)."""
+  path = os.path.join(workdir, "dataset.npz")
+  args = (key, cfg.data.views_per_object, resolution, cfg.data.supersample)
+  if not distributed.multi():
+    return dataset_lib.build_cached(path, *args)
+  ds = dataset_lib.build_cached(path, *args) if distributed.is_main() else None
+  distributed.barrier("jax3d-prior-dataset")
+  return ds or dataset_lib.build_cached(path, *args)
 
 
 def params_from_folder(init: dict[str, Any], spec: str) -> dict[str, Any]:
@@ -185,15 +207,21 @@ def params_from_folder(init: dict[str, Any], spec: str) -> dict[str, Any]:
 def train(workdir: str, cfg: ml_collections.ConfigDict, stop_after: int | None = None,
           export_to: str | None = None, enable_bar: bool | None = None) -> dict[str, Any]:
   """Trains (or resumes) the solids prior in `workdir`; exports the diffusers folder at the
-  end. Holds the folder's lock (`run_folder.Lock`) throughout."""
+  end. Holds the folder's lock (`run_folder.Lock`) throughout; in a multi-process run every
+  process trains and process 0 alone writes files (and holds the lock)."""
   run_folder.check_writable(workdir)
+  distributed.check_same(configuration.to_json(cfg), "the prior's config")
+  if not distributed.is_main():
+    return _train(workdir, cfg, stop_after, export_to, enable_bar=False)
   with run_folder.Lock(workdir, "train-prior"):
     return _train(workdir, cfg, stop_after, export_to, enable_bar)
 
 
 def _train(workdir, cfg, stop_after, export_to, enable_bar) -> dict[str, Any]:
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(configuration.to_json(cfg))
+  main = distributed.is_main()
+  if main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(configuration.to_json(cfg))
   setup = prepare(workdir, cfg)
   nets, alphas, data, state, step = (setup.nets, setup.alphas_cumprod, setup.data,
                                      setup.state, setup.step)
@@ -204,11 +232,14 @@ def _train(workdir, cfg, stop_after, export_to, enable_bar) -> dict[str, Any]:
   preview_tokens = _tokenize(list(PREVIEW_PROMPTS) + [""], model_cfg.max_length)
   sample_fn = make_sampler(nets, alphas, preview_tokens[:-1], preview_tokens[-1],
                            cfg.sample_guidance_scale, model_cfg.resolution)
-  logger = Logger(workdir, cfg.train.num_steps, desc="train-prior", enable_bar=enable_bar)
+  logger = Logger(workdir, cfg.train.num_steps, desc="train-prior", enable_bar=enable_bar,
+                  write=main)
 
   def preview(step_idx, st):
+    images = distributed.to_host(sample_fn(st["ema"], jax.random.key(1234)))  # a collective
+    if not main:
+      return
     from jax3d.export import video  # pylint: disable=g-import-not-at-top
-    images = sample_fn(st["ema"], jax.random.key(1234))
     grid = video.image_grid(np.asarray(images), ncols=len(PREVIEW_PROMPTS))
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     video.write_png(os.path.join(workdir, "samples", f"step_{step_idx:06d}.png"), grid)
@@ -230,11 +261,15 @@ def _train(workdir, cfg, stop_after, export_to, enable_bar) -> dict[str, Any]:
              "data_time_s": data_time, "resumed_from": result.resumed_from,
              "unet_params": solids_model.count_params(params["unet"]),
              "text_params": solids_model.count_params(params["text"]),
-             "device": jax.devices()[0].device_kind}
-  if result.step >= cfg.train.num_steps:
+             "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+             "processes": jax.process_count()}
+  finished = result.step >= cfg.train.num_steps
+  ema = distributed.to_host(result.state["ema"]) if finished else None  # a collective
+  if not main:
+    return summary
+  if finished:
     folder = export_to or os.path.join(workdir, "solids-prior")
-    solids_model.save_folder(nets, result.state["ema"], folder,
-                             guidance_scale=cfg.sample_guidance_scale,
+    solids_model.save_folder(nets, ema, folder, guidance_scale=cfg.sample_guidance_scale,
                              view_schemes=(view_scheme(cfg),))
     summary["exported"] = folder
   with open(os.path.join(workdir, "train_summary.json"), "w") as f:

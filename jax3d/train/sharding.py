@@ -4,7 +4,8 @@ A population of P particles on D devices uses a (p, v) mesh with p = gcd(P, D) a
 particle state (leading axis P) is split over `particles`, and each particle's training rays
 (every pixel of its views) are split over `views`, so P = 1 still uses every device. Shared
 state (prior weights, embeddings, the VSD LoRA) is replicated. The same code runs on one CPU,
-forced host devices, a GPU or a TPU pod (after `jax.distributed.initialize()`).
+forced host devices, a GPU or a TPU pod (after `jax.distributed.initialize()`). Training the
+solids prior uses a one-axis `batch` mesh instead (data parallel).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jax3d.errors import UserError
 
 PARTICLES = "particles"
 VIEWS = "views"
+BATCH = "batch"
 
 
 def make_mesh(num_particles: int, devices: list | None = None) -> Mesh:
@@ -30,6 +32,23 @@ def make_mesh(num_particles: int, devices: list | None = None) -> Mesh:
   # Auto axes: XLA propagates the placements through the step; no mesh context is needed.
   return jax.make_mesh((p, len(devices) // p), (PARTICLES, VIEWS), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def data_mesh(devices: list | None = None) -> Mesh:
+  """A one-axis mesh (`batch`) over `devices` (default: all, of every process), for data
+  parallel training (the solids prior)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return jax.make_mesh((len(devices),), (BATCH,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def split_batch(x: jax.Array, mesh: Mesh) -> jax.Array:
+  """`x` (B, ...) with B split over the mesh's `batch` axis (inside a step); a no-op on one
+  device or when B does not divide evenly."""
+  n = mesh.shape[BATCH]
+  if n == 1 or x.shape[0] % n:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(BATCH)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -69,5 +88,5 @@ def split_rays(x: jax.Array, mesh: Mesh) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(VIEWS)))
 
 
-__all__ = ["PARTICLES", "VIEWS", "make_mesh", "replicated", "particle_sharding",
-           "state_shardings", "place", "replicate", "split_rays"]
+__all__ = ["PARTICLES", "VIEWS", "BATCH", "make_mesh", "data_mesh", "split_batch", "replicated",
+           "particle_sharding", "state_shardings", "place", "replicate", "split_rays"]
