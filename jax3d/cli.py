@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default=None,
                  help="`bench solids`/`step`: config PATH.py[:PRESET] (default: the method's); "
                       "override keys with --config.KEY=VALUE")
+  p.add_argument("--sweep", default=None,
+                 help="`bench step`: the values of the method's sweep to run, e.g. 4,8 (VSD's "
+                      "particles; SJC's perturbations K)")
   p.add_argument("--workdir-root", default="runs/bench-solids",
                  help="`bench solids`: run folders go under ROOT/METHOD/PROMPT")
   distributed.add_flags(p)

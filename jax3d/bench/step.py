@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from jax3d.bench.table import Row, repeats as repeats_of, time_compiled
+from jax3d.errors import UserError
 
 PROMPT = "a red cube"
 
@@ -56,6 +57,14 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
   repeats = repeats_of(args)
   sweep = registry.system_class(method).step_sweep
   label, key, values = sweep if sweep else (None, None, (None,))
+  if getattr(args, "sweep", None):
+    if sweep is None:
+      raise UserError(f"--sweep: `bench step --method {method}` has no sweep")
+    try:
+      values = tuple(type(values[0])(v) for v in args.sweep.split(","))
+    except ValueError:
+      raise UserError(f"--sweep must be comma-separated values of {key} like "
+                      f"{','.join(map(str, values))}, got {args.sweep!r}") from None
   values = values[:2] if args.quick else values
   settings = {"method": method, "config": args.config or registry.entry(method).config,
               "overrides": list(args.overrides), **priors.describe(spec), "prompt": PROMPT,
