@@ -114,6 +114,10 @@ def initialize(args) -> None:
                     f"--coordinator and --num-processes and distinct --process-id, with "
                     f"process 0 able to listen on that port") from None
   _WATCHDOG.start(args.heartbeat_timeout)
+  if jax.process_index() != 0:  # process 0 shows the progress bar instead
+    print(f"process {jax.process_index()} of {jax.process_count()}: joined with "
+          f"{jax.local_device_count()} of {jax.device_count()} devices; process 0 reports",
+          file=sys.stderr)
 
 
 def _die(message: str) -> None:
