@@ -43,6 +43,7 @@ from jax3d.priors import base
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import diffusers
+from diffusers.models import attention_flax
 from diffusers.models import modeling_flax_pytorch_utils as diffusers_pt_utils
 import transformers
 from transformers import modeling_flax_pytorch_utils as transformers_pt_utils
@@ -60,6 +61,10 @@ CANONICAL_WEIGHTS = ("diffusion_flax_model.msgpack", "flax_model.msgpack",
 # Buffers PyTorch checkpoints carry that are not parameters of the Flax models.
 IGNORED_KEYS = ("position_ids",)
 _REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
+# How a UNet computes: as PyTorch diffusers (exact GELU, eps 1e-6 in Transformer2D) or as the
+# diffusers Flax classes; model_index.json's jax3d.numerics, else by the weights' format.
+NUMERICS = ("pytorch", "flax")
+TORCH_TRANSFORMER_NORM_EPS = 1e-6
 
 
 def _one_line(e: BaseException) -> str:
@@ -278,9 +283,64 @@ def _component_config(folder: pathlib.Path) -> dict[str, Any]:
   return _read_json(folder / "config.json")
 
 
+# Settings of PyTorch diffusers' (0.39.0) UNet2DConditionModel and AutoencoderKL that the Flax
+# classes do not have, at PyTorch's defaults: a folder may carry them only at these values,
+# since the Flax model would silently compute something else.
+TORCH_ONLY_DEFAULTS = {
+    "FlaxUNet2DConditionModel": {
+        "center_input_sample": False, "downsample_padding": 1, "mid_block_scale_factor": 1,
+        "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
+        "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None,
+        "encoder_hid_dim_type": None, "dual_cross_attention": False, "class_embed_type": None,
+        "num_class_embeds": None, "resnet_time_scale_shift": "default",
+        "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0,
+        "time_embedding_type": "positional", "time_embedding_dim": None,
+        "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
+        "conv_in_kernel": 3, "conv_out_kernel": 3, "attention_type": "default",
+        "class_embeddings_concat": False, "mid_block_only_cross_attention": None,
+        "cross_attention_norm": None},
+    "FlaxAutoencoderKL": {
+        "shift_factor": None, "latents_mean": None, "latents_std": None,
+        "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True},
+}
+# Flags that change only PyTorch's float16 arithmetic (they upcast to float32), not a float32
+# result: accepted at any value.
+PRECISION_ONLY = ("upcast_attention", "force_upcast")
+# Block types the Flax classes build; any other name would silently become a plain block.
+SUPPORTED_BLOCKS = {
+    "FlaxUNet2DConditionModel": {
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "mid_block_type": ("UNetMidBlock2DCrossAttn", None)},
+    "FlaxAutoencoderKL": {
+        "down_block_types": ("DownEncoderBlock2D",), "up_block_types": ("UpDecoderBlock2D",)},
+}
+
+
+def supported_config(cls, config: dict[str, Any], where: pathlib.Path) -> dict[str, Any]:
+  """The keys of `config` that the Flax class `cls` takes; raises a one-line `UserError` for a
+  setting it would ignore at a value other than PyTorch's default, or a block it lacks."""
+  fields = set(cls.__dataclass_fields__) - {"parent", "name"}
+  defaults = TORCH_ONLY_DEFAULTS.get(cls.__name__, {})
+  for key, value in config.items():
+    if key in fields or key.startswith("_") or key in PRECISION_ONLY:
+      continue
+    if key in defaults and value != defaults[key]:
+      raise UserError(f"{where}: {key} = {value!r} is not supported (jax3d's diffusers Flax "
+                      f"{cls.__name__[4:]} computes it as {defaults[key]!r}); this checkpoint "
+                      f"cannot be loaded exactly")
+  for key, allowed in SUPPORTED_BLOCKS.get(cls.__name__, {}).items():
+    values = config.get(key, ())
+    for value in (values if isinstance(values, (list, tuple)) else [values]):
+      if value not in allowed:
+        raise UserError(f"{where}: {key} {value!r} is not supported (only "
+                        f"{', '.join(str(a) for a in allowed)})")
+  return {k: v for k, v in config.items() if k in fields}
+
+
 def _build_diffusers_model(cls, folder: pathlib.Path, dtype) -> tuple[Any, Any]:
   """Instantiates a diffusers Flax model from its config.json and gets its param shapes."""
-  config = _component_config(folder)
+  config = supported_config(cls, _component_config(folder), folder / "config.json")
   try:
     model = cls.from_config(config, dtype=dtype)
     shapes = jax.eval_shape(model.init_weights, jax.random.PRNGKey(0))
@@ -440,6 +500,11 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
     raise UserError(f"{root}/model_index.json: jax3d.view_schemes must be a non-empty list of "
                     f"{', '.join(cameras.VIEW_SCHEMES)}, got {schemes!r}")
 
+  numerics = extra.get("numerics") or _default_numerics(root / "unet", allow_pickle)
+  if numerics not in NUMERICS:
+    raise UserError(f"{root}/model_index.json: jax3d.numerics must be one of "
+                    f"{', '.join(NUMERICS)}, got {numerics!r}")
+
   return base.Prior(
       name=name or root.resolve().name,
       params=params,
@@ -452,7 +517,7 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
                  lambda params, images: base.pixel_encode(images, resolution)),
       decode_fn=(_latent_decode_fn(vae, scaling) if latent else
                  lambda params, x0: base.pixel_decode(x0)),
-      model_fn=_unet_model_fn(unet, ac, prediction),
+      model_fn=_unet_model_fn(unet, ac, prediction, numerics == "pytorch"),
       latent=latent,
       render_resolution=render_resolution,
       view_schemes=tuple(schemes),
@@ -473,12 +538,54 @@ def _text_fn(text_model, tokenizer, max_length: int):
   return text_fn
 
 
-def _unet_model_fn(unet, alphas_cumprod: jax.Array, prediction: str):
+def _default_numerics(unet_folder: pathlib.Path, allow_pickle: bool) -> str:
+  """'pytorch' for weights in PyTorch layout (trained there), 'flax' for Flax msgpack (the
+  shipped solids priors were trained with diffusers Flax's own numerics)."""
+  files = find_weight_files(unet_folder, allow_pickle)
+  return "flax" if files[0].suffix == ".msgpack" else "pytorch"
+
+
+@contextlib.contextmanager
+def pytorch_numerics() -> Iterator[None]:
+  """Inside, diffusers' Flax UNet computes what PyTorch diffusers' does: GEGLU with the exact
+  GELU (the Flax class uses the tanh approximation), the Transformer2D input GroupNorm with
+  eps 1e-6 (the Flax class: 1e-5), and every GroupNorm's variance in two passes as PyTorch's
+  (Flax: E[x²] − E[x]²). Against PyTorch in float64 this takes ε from ~6e-5 to ~6e-7
+  relative (tests/test_sd_fidelity.py). Trace-time only; no cost in the compiled step."""
+  def interceptor(next_fun, args, kwargs, context):
+    m = context.module
+    if context.method_name == "__call__":
+      if isinstance(m, attention_flax.FlaxGEGLU):
+        hidden, gate = jnp.split(m.proj(args[0]), 2, axis=-1)
+        return hidden * nn.gelu(gate, approximate=False)
+      if isinstance(m, nn.GroupNorm):
+        in_transformer = isinstance(m.parent, attention_flax.FlaxTransformer2DModel)
+        return _group_norm(m, args[0], TORCH_TRANSFORMER_NORM_EPS if in_transformer else
+                           m.epsilon)
+    return next_fun(*args, **kwargs)
+  with nn.intercept_methods(interceptor):
+    yield
+
+
+def _group_norm(module: nn.GroupNorm, x: jax.Array, eps: float) -> jax.Array:
+  """`module`'s GroupNorm of channels-last `x` with epsilon `eps` (statistics in float32)."""
+  scale = module.get_variable("params", "scale")
+  bias = module.get_variable("params", "bias")
+  g = module.num_groups
+  xg = x.astype(jnp.float32).reshape(x.shape[0], -1, g, x.shape[-1] // g)
+  mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
+  var = jnp.mean(jnp.square(xg - mean), axis=(1, 3), keepdims=True)
+  y = ((xg - mean) * jax.lax.rsqrt(var + eps)).reshape(x.shape)
+  return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def _unet_model_fn(unet, alphas_cumprod: jax.Array, prediction: str, torch_numerics: bool):
   """(params, x NHWC, t, context) -> ε̂ NHWC (the diffusers Flax UNet is NCHW)."""
 
   def model_fn(params, x, t, context):
-    out = unet.apply({"params": params["unet"]}, jnp.transpose(x, (0, 3, 1, 2)), t,
-                     context, train=False).sample
+    with pytorch_numerics() if torch_numerics else contextlib.nullcontext():
+      out = unet.apply({"params": params["unet"]}, jnp.transpose(x, (0, 3, 1, 2)), t,
+                       context, train=False).sample
     out = jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
     if prediction == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x0  =>  ε = √ᾱ·v + √(1−ᾱ)·x_t.
       a = alphas_cumprod[t][:, None, None, None]
@@ -531,4 +638,5 @@ def time_embedding_width(unet_params: Any) -> int:
 
 __all__ = ["load_diffusers_prior", "load_state", "find_weight_files", "cast_floating",
            "resolve_dtype", "scheduler_alphas_cumprod", "time_embedding_offset",
+           "pytorch_numerics", "supported_config", "NUMERICS",
            "time_embedding_width", "DTYPES"]
