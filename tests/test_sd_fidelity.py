@@ -54,6 +54,15 @@ def test_eps_and_cfg_100_equal_pytorch(loaded):
   assert _rel(_eps(prior, ref, 1.0), ref["eps_cond"]) < 1e-5  # and PyTorch float32 itself
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bfloat16_error_is_within_twice_pytorchs_own(family):
+  """`--dtype bfloat16` against PyTorch's float64 ε, beside PyTorch's own bfloat16 run."""
+  ref = np.load(FIXTURES / family / "reference.npz")
+  prior = sd_loader.load_diffusers_prior(FIXTURES / family, dtype="bfloat16")
+  torch_own = _rel(ref["eps16_cond"], ref["eps64_cond"])
+  assert _rel(_eps(prior, ref, 1.0), ref["eps64_cond"]) < 2 * torch_own
+
+
 def test_vae_equals_pytorch(loaded):
   prior, ref = loaded
   assert _rel(prior.encode(prior.params, jnp.asarray(ref["image"])), ref["latent"]) < 1e-5
