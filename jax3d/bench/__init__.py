@@ -83,6 +83,8 @@ def main(args) -> int:
   title = (f"jax3d bench {args.what}: {head['device']} x{head['device_count']}{procs} "
            f"({head['platform']}), jax {head['jax_version']}, commit {head['commit']}"
            f"{' (quick)' if args.quick else ''}")
+  if "prior_load_s" in settings:
+    title += f"; prior {settings.get('prior')} loaded in {settings['prior_load_s']:.2f} s"
   if "grid_label" in settings:
     title += f"\n{settings['grid_label']}"
   print_table(rows, title=title)

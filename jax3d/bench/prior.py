@@ -6,6 +6,8 @@ checks (`solids.images.image_colour`, `image_shape`); the last row is the total.
 
 from __future__ import annotations
 
+import time
+
 from typing import Any
 
 from jax3d.bench.table import Row
@@ -21,11 +23,15 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
   from jax3d.solids import images as checks, scenes  # pylint: disable=g-import-not-at-top
 
   spec = args.prior or registry.SOLIDS
+  t0 = time.perf_counter()
   prior = registry.load_prior(spec)
+  jax.block_until_ready(prior.params)
+  load_s = time.perf_counter() - t0
   n = 2 if args.quick else args.samples_per_prompt
   steps = 5 if args.quick else args.steps
   scale = prior.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-  settings = {**registry.describe(spec), "samples_per_prompt": n, "ddim_steps": steps,
+  settings = {**registry.describe(spec), "prior_load_s": load_s, "samples_per_prompt": n,
+              "ddim_steps": steps,
               "guidance_scale": scale, "seed": args.seed, "grid_label": BARS}
   prompts = scenes.colour_prompts() + scenes.colourless_prompts()
   if args.quick:

@@ -53,7 +53,10 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
   method, cfg = registry.resolve(args.method, args.config, args.overrides)
   cfg.num_particles = 1
   spec = runner.resolve_prior(args.prior, cfg)
+  t0 = time.perf_counter()
   prior = priors.load_prior(spec)
+  jax.block_until_ready(prior.params)
+  load_s = time.perf_counter() - t0
   repeats = repeats_of(args)
   sweep = registry.system_class(method).step_sweep
   label, key, values = sweep if sweep else (None, None, (None,))
@@ -67,7 +70,8 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
                       f"{','.join(map(str, values))}, got {args.sweep!r}") from None
   values = values[:2] if args.quick else values
   settings = {"method": method, "config": args.config or registry.entry(method).config,
-              "overrides": list(args.overrides), **priors.describe(spec), "prompt": PROMPT,
+              "overrides": list(args.overrides), **priors.describe(spec),
+              "prior_load_s": load_s, "prompt": PROMPT,
               "sweep": None if sweep is None else {"label": label, "key": key,
                                                    "values": list(values)},
               "grid_label": (f"one particle, {PROMPT!r}; median of {repeats} runs, compile "

@@ -25,14 +25,13 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors
-import safetensors.numpy
 from flax import serialization
 from flax import traverse_util
 
@@ -44,9 +43,7 @@ from jax3d.priors import base
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import diffusers
 from diffusers.models import attention_flax
-from diffusers.models import modeling_flax_pytorch_utils as diffusers_pt_utils
 import transformers
-from transformers import modeling_flax_pytorch_utils as transformers_pt_utils
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -98,12 +95,15 @@ def resolve_dtype(dtype: str | Any) -> Any:
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:
-  """Casts every floating-point leaf of a pytree to `dtype` (diffusers' `to_bf16` is broken on
-  jax 0.10); integer leaves are left alone."""
+  """Every floating-point leaf of a pytree cast to `dtype` (diffusers' `to_bf16` is broken on
+  jax 0.10), integer leaves left alone, in NumPy, then put on the default device in one
+  `device_put` (a per-leaf `jnp.asarray` costs a dispatch per array)."""
   def cast(x):
-    x = jnp.asarray(x)
-    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-  return jax.tree.map(cast, tree)
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating) or x.dtype == jnp.bfloat16:
+      return x.astype(dtype, copy=False)
+    return x
+  return jax.device_put(jax.tree.map(cast, tree))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,25 +150,49 @@ def _pick(folder: pathlib.Path, group: list[pathlib.Path]) -> list[pathlib.Path]
                   f"none is the canonical one; keep one")
 
 
-class _Tensor:
-  """A numpy array with the `.numpy()` method the diffusers converter expects of a tensor."""
-  __slots__ = ("array",)
-
-  def __init__(self, array: np.ndarray):
-    self.array = array
-
-  def numpy(self) -> np.ndarray:
-    return self.array
+# safetensors' dtype names (https://huggingface.co/docs/safetensors, "Format").
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+                       "BF16": jnp.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+                       "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
 def _read_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
+  """(name -> array, the file's `format` metadata) with every array a read-only view of the
+  memory-mapped file: nothing is copied until the arrays are put on a device.
+
+  The layout: an 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape,
+  data_offsets: [begin, end]}, "__metadata__": {...}}, then the data, offsets relative to it.
+  """
+  def bad(why: str) -> UserError:
+    return UserError(f"cannot read {path}: the file is corrupted or truncated ({why})")
+  size = path.stat().st_size
   try:
-    with safetensors.safe_open(str(path), framework="numpy") as f:
-      fmt = (f.metadata() or {}).get("format", "pt")
-    return safetensors.numpy.load_file(str(path)), fmt
-  except Exception as e:  # pylint: disable=broad-except  (safetensors raises its own types)
-    raise UserError(f"cannot read {path}: the file is corrupted or truncated "
-                    f"({_one_line(e)})") from None
+    with open(path, "rb") as f:
+      n = int.from_bytes(f.read(8), "little")
+      if size < 8 or not 2 <= n <= size - 8:
+        raise bad(f"header length {n} in a file of {size} bytes")
+      header = json.loads(f.read(n))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise bad(_one_line(e)) from None
+  if not isinstance(header, dict):
+    raise bad("the header is not a JSON object")
+  meta = header.pop("__metadata__", None) or {}
+  data_size = size - 8 - n
+  data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if data_size else None
+  arrays = {}
+  for name, info in header.items():
+    try:
+      dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+      shape = tuple(int(d) for d in info["shape"])
+      begin, end = (int(o) for o in info["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+      raise bad(f"entry {name!r} is not a known dtype, shape and offsets") from None
+    count = int(np.prod(shape, dtype=np.int64))
+    if not 0 <= begin <= end <= data_size or end - begin != count * dtype.itemsize:
+      raise bad(f"{name!r} needs bytes {begin}..{end} of {data_size}")
+    arrays[name] = (np.frombuffer(data, dtype, count, begin).reshape(shape) if count else
+                    np.zeros(shape, dtype))
+  return arrays, (meta.get("format", "pt") if isinstance(meta, dict) else "pt")
 
 
 def _read_msgpack(path: pathlib.Path) -> dict[tuple[str, ...], Any]:
@@ -200,26 +224,65 @@ def _read_pickle(path: pathlib.Path) -> dict[str, np.ndarray]:
           for k, v in state.items() if hasattr(v, "numpy")}
 
 
-class _ShapesOnly:
-  """Stands in for a model in the diffusers/transformers converters: they only read the
-  parameter shapes, which `jax.eval_shape` gives without initializing anything."""
+# diffusers' Flax modules name list items `blocks_0` where PyTorch writes `blocks.0`.
+_LIST_ITEM = re.compile(r"(\w+)\.(\d+)")
+# The Flax VAE's attention names its projections as the old PyTorch VAE did.
+_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out_0": "proj_attn"}
 
-  def __init__(self, shapes: Any, base_model_prefix: str = ""):
-    self.params = shapes
-    self.base_model_prefix = base_model_prefix
 
-  def init_weights(self, rng):
-    del rng
-    return self.params
+def pytorch_to_flax(pt: dict[str, np.ndarray], flat_shapes: dict[tuple[str, ...], Any],
+                    library: str, prefix: str = "") -> dict[tuple[str, ...], np.ndarray]:
+  """A PyTorch state dict as the flat Flax param dict `flat_shapes` describes, in NumPy.
+
+  Names: diffusers writes list items `down_blocks_0` (PyTorch: `down_blocks.0`) and the VAE's
+  attention projections `query`, `key`, `value`, `proj_attn`; transformers keeps `layers/0`
+  and adds or drops its model `prefix` to match. Arrays: Linear weights
+  transposed, Conv weights OIHW -> HWIO, norm weights -> `scale`, embedding tables ->
+  `embedding`, biases as they are (the rules of the diffusers and transformers converters,
+  without a per-array device round trip; transposes stay NumPy views). Names with no place in
+  `flat_shapes` are kept as they are, for the strict check to report.
+  """
+  def placed(key):
+    if key in flat_shapes:
+      return key
+    if prefix and (prefix,) + key in flat_shapes:
+      return (prefix,) + key
+    if prefix and key[:1] == (prefix,) and key[1:] in flat_shapes:
+      return key[1:]
+    return None
+
+  flat = {}
+  for name, array in pt.items():
+    key = tuple((_LIST_ITEM.sub(r"\1_\2", name) if library == "diffusers" else name).split("."))
+    base, last = key[:-1], key[-1]
+    target, value = key, array
+    attention = _ATTENTION_NAMES.get(base[-1]) if base else None
+    if attention and placed(base[:-1] + (attention, "kernel" if last == "weight" else last)):
+      target = base[:-1] + (attention, "kernel" if last == "weight" else last)
+      value = array.T
+    elif last in ("weight", "gamma"):
+      if array.ndim == 1 and placed(base + ("scale",)):
+        target = base + ("scale",)
+      elif placed(base + ("embedding",)):
+        target = base + ("embedding",)
+      else:
+        target = base + ("kernel",)
+        if array.ndim == 4:
+          value = array.transpose(2, 3, 1, 0)
+        elif array.ndim == 2:
+          value = array.T
+    elif last in ("bias", "beta"):
+      target = base + ("bias",)
+    flat[placed(target) or target] = value
+  return flat
 
 
 def load_state(folder: pathlib.Path, shapes: Any, library: str, allow_pickle: bool = False,
                base_model_prefix: str = "") -> dict[str, Any]:
   """Reads a component's weights and checks them against the `shapes` tree of its config.
 
-  `library` is 'diffusers' (UNet, VAE) or 'transformers' (CLIP): it picks the PyTorch->Flax
-  name converter (diffusers' `convert_pytorch_state_dict_to_flax` for the first).
-  Returns the nested param dict with numpy/jax leaves in their stored dtype.
+  `library` is 'diffusers' (UNet, VAE) or 'transformers' (CLIP): how `pytorch_to_flax` names
+  PyTorch weights. Returns the nested param dict with NumPy leaves in their stored dtype.
   """
   paths = find_weight_files(folder, allow_pickle)
   flat_shapes = traverse_util.flatten_dict(shapes)
@@ -242,17 +305,8 @@ def load_state(folder: pathlib.Path, shapes: Any, library: str, allow_pickle: bo
     if fmt == "flax":  # A Flax model saved as safetensors: keys are the flattened Flax paths.
       flat = {tuple(k.split(".")): v for k, v in pt.items()}
     else:
-      try:
-        if library == "diffusers":
-          tree = diffusers_pt_utils.convert_pytorch_state_dict_to_flax(
-              {k: _Tensor(v) for k, v in pt.items()}, _ShapesOnly(shapes))
-        else:
-          tree = transformers_pt_utils.convert_pytorch_state_dict_to_flax(
-              pt, _ShapesOnly(shapes, base_model_prefix))
-      except (ValueError, AssertionError, KeyError) as e:
-        raise UserError(f"the weights in {where} do not match {folder.name}/config.json: "
-                        f"{_one_line(e)}") from None
-      flat = traverse_util.flatten_dict(tree)
+      del where
+      flat = pytorch_to_flax(pt, flat_shapes, library, base_model_prefix)
   _check_state(folder, flat, flat_shapes)
   return traverse_util.unflatten_dict({k: flat[k] for k in flat_shapes})
 
