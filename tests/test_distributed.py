@@ -1,5 +1,6 @@
 """Multi-process runs on one machine: two `jax3d generate --distributed` processes with two CPU
-devices each equal one process with four, and resume after both are stopped."""
+devices each equal one process with four (VSD: split particles, a replicated LoRA), resume
+after both are stopped, and stop with one line when one of them dies (SDS)."""
 
 import os
 import pathlib
@@ -61,13 +62,27 @@ def _final_state(workdir: pathlib.Path, like):
     checkpointer.close()
 
 
+VSD_TINY = ["--config.camera.height=8", "--config.camera.width=8",
+            "--config.field.hashgrid.num_levels=2", "--config.field.hashgrid.log2_table_size=8",
+            "--config.field.hashgrid.max_resolution=16", "--config.field.hidden_dim=8",
+            "--config.render.num_samples=8", "--config.lora.warmup_steps=0",
+            "--config.num_steps=3", "--config.checkpoint_every=1", "--config.preview_every=3",
+            "--config.export.mesh_resolution=16", "--config.export.video_frames=2",
+            "--config.export.video_size=16"]
+VSD_ARGS = ["generate", "a red cube", "--method", "vsd", "--particles", "4", *VSD_TINY]
+
+
 def test_two_processes_equal_one_and_resume_after_both_stop(tmp_path):
+  """VSD with 4 particles as 2 processes x 2 devices: stopped after 2 steps, resumed, and
+  exported by process 0 alone; its particles (split over processes) and LoRA (replicated on
+  every device of both, its gradient reduced over all particles) end as in one process with
+  4 devices."""
   split = tmp_path / "two"
-  code, err = _two_processes(split, "--stop-after", "2")
+  code, err = _two_processes(split, "--stop-after", "2", args=VSD_ARGS)
   assert code == 0, err[-3000:]
   assert sorted(os.listdir(split / "checkpoints")) == ["1", "2"]
   assert not (split / "final").exists()
-  code, err = _two_processes(split)
+  code, err = _two_processes(split, args=VSD_ARGS)
   assert code == 0 and "process 1: done at step 3" in err, err[-3000:]
   # Only the main process wrote the folder's files; the export holds every particle.
   assert sorted(os.listdir(split / "final")) == [
@@ -77,38 +92,13 @@ def test_two_processes_equal_one_and_resume_after_both_stop(tmp_path):
 
   one = tmp_path / "one"
   assert len(jax.devices()) == 4
-  assert cli.main([*ARGS, "--workdir", str(one)]) == 0
-  _, cfg = registry.resolve(None, None, [o[len("--config."):] for o in TINY])
-  cfg.num_particles = 4
-  system = registry.make_system("sds", "a red cube", cfg, priors.load_prior(cfg.prior))
-  like = system.init(jax.random.key(0))
-  a, b = _final_state(split, like), _final_state(one, like)
-  assert int(a.step) == 3
-  for x, y in zip(jax.tree.leaves(a.particles), jax.tree.leaves(b.particles)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
-
-
-VSD_TINY = ["--config.camera.height=8", "--config.camera.width=8",
-            "--config.field.hashgrid.num_levels=2", "--config.field.hashgrid.log2_table_size=8",
-            "--config.field.hashgrid.max_resolution=16", "--config.field.hidden_dim=8",
-            "--config.render.num_samples=8", "--config.lora.warmup_steps=0",
-            "--config.checkpoint_every=1"]
-VSD_ARGS = ["generate", "a red cube", "--method", "vsd", "--particles", "4", *VSD_TINY,
-            "--stop-after", "2"]
-
-
-def test_vsd_in_two_processes_equals_one_process(tmp_path):
-  """VSD's particles (split over processes) and its LoRA (replicated on every device of both
-  processes, its gradient reduced over all particles) after two steps: as in one process."""
-  code, err = _two_processes(tmp_path / "two", args=VSD_ARGS)
-  assert code == 0, err[-3000:]
-  assert cli.main([*VSD_ARGS, "--workdir", str(tmp_path / "one")]) == 0
+  assert cli.main([*VSD_ARGS, "--workdir", str(one)]) == 0
   _, cfg = registry.resolve("vsd", None, [o[len("--config."):] for o in VSD_TINY])
   cfg.num_particles = 4
   system = registry.make_system("vsd", "a red cube", cfg, priors.load_prior(cfg.prior))
   like = system.init(jax.random.key(0))
-  a, b = _final_state(tmp_path / "two", like), _final_state(tmp_path / "one", like)
-  assert int(a.step) == int(b.step) == 2
+  a, b = _final_state(split, like), _final_state(one, like)
+  assert int(a.step) == int(b.step) == 3
   for x, y in zip(jax.tree.leaves(a.shared), jax.tree.leaves(b.shared)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=2e-4)
   for x, y in zip(jax.tree.leaves(a.particles), jax.tree.leaves(b.particles)):
