@@ -4,9 +4,11 @@ what PyTorch computed with the same folder (tests/fixtures/make_sd_references.py
 settings the Flax classes would ignore are refused in one line."""
 
 import json
+import os
 import pathlib
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -113,3 +115,28 @@ def test_a_good_load_prints_nothing(tmp_path, capfd):
   sd_loader.load_diffusers_prior(folder)
   out, err = capfd.readouterr()
   assert out == "" and err == "", err
+
+
+def test_the_prior_cache_loads_the_same_params_and_misses_an_edited_folder(tmp_path,
+                                                                           monkeypatch):
+  """With $JAX3D_PRIOR_CACHE the first load writes each component in Flax layout, the second
+  reads it back (no conversion, no shape check) with the same params; touching a weight file
+  or editing a config misses."""
+  folder = _copy(tmp_path)
+  cache = tmp_path / "cache"
+  monkeypatch.setenv(sd_loader.CACHE_ENV, str(cache))
+  first = sd_loader.load_diffusers_prior(folder)
+  assert len(list(cache.glob("*.safetensors"))) == 3  # unet, text encoder, vae
+  calls = []
+  monkeypatch.setattr(sd_loader, "pytorch_to_flax", lambda *a: calls.append(a))
+  second = sd_loader.load_diffusers_prior(folder)
+  assert not calls
+  for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  ref = np.load(folder / "reference.npz")
+  assert _rel(_eps(second, ref, 1.0), ref["eps64_cond"]) < 1e-5
+  weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+  os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+  with pytest.raises(TypeError):  # the stub converter ran: the UNet missed
+    sd_loader.load_diffusers_prior(folder)
+  assert calls

@@ -24,14 +24,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import hashlib
 import pathlib
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 from flax import serialization
 from flax import traverse_util
 
@@ -61,6 +63,10 @@ _REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
 # How a UNet computes: as PyTorch diffusers (exact GELU, eps 1e-6 in Transformer2D) or as the
 # diffusers Flax classes; model_index.json's jax3d.numerics, else by the weights' format.
 NUMERICS = ("pytorch", "flax")
+# A folder for converted weights (Flax names and layout, memory-mapped on later loads); unset:
+# no cache.
+CACHE_ENV = "JAX3D_PRIOR_CACHE"
+CACHE_FORMAT = 1
 TORCH_TRANSFORMER_NORM_EPS = 1e-6
 
 
@@ -279,13 +285,27 @@ def pytorch_to_flax(pt: dict[str, np.ndarray], flat_shapes: dict[tuple[str, ...]
 
 def load_state(folder: pathlib.Path, shapes: Any, library: str, allow_pickle: bool = False,
                base_model_prefix: str = "") -> dict[str, Any]:
-  """Reads a component's weights and checks them against the `shapes` tree of its config.
+  """Reads a component's weights and checks them against the `shapes` tree of its config
+  (or a function that returns it).
 
   `library` is 'diffusers' (UNet, VAE) or 'transformers' (CLIP): how `pytorch_to_flax` names
   PyTorch weights. Returns the nested param dict with NumPy leaves in their stored dtype.
   """
+  return _load_state(folder, shapes, library, allow_pickle, base_model_prefix)[0]
+
+
+def _load_state(folder, shapes, library, allow_pickle=False, base_model_prefix=""):
+  """`load_state`, and the cache file to write (None when read from it or caching is off)."""
   paths = find_weight_files(folder, allow_pickle)
-  flat_shapes = traverse_util.flatten_dict(shapes)
+  cached = cache_file(folder, paths)
+  if cached is not None and cached.is_file():
+    try:
+      arrays, _ = _read_safetensors(cached)
+      return traverse_util.unflatten_dict(
+          {tuple(k.split(".")): v for k, v in arrays.items()}), None
+    except UserError:
+      pass  # a damaged cache entry is rewritten below
+  flat_shapes = traverse_util.flatten_dict(shapes() if callable(shapes) else shapes)
   if paths[0].suffix == ".msgpack":
     if len(paths) > 1:
       raise UserError(f"{folder}: sharded msgpack weights are not supported")
@@ -301,14 +321,42 @@ def load_state(folder: pathlib.Path, shapes: Any, library: str, allow_pickle: bo
       pt.update(arrays)
     if not pt:
       raise UserError(f"{paths[0]} holds no arrays")
-    where = paths[0] if len(paths) == 1 else folder
     if fmt == "flax":  # A Flax model saved as safetensors: keys are the flattened Flax paths.
       flat = {tuple(k.split(".")): v for k, v in pt.items()}
     else:
-      del where
       flat = pytorch_to_flax(pt, flat_shapes, library, base_model_prefix)
   _check_state(folder, flat, flat_shapes)
-  return traverse_util.unflatten_dict({k: flat[k] for k in flat_shapes})
+  return traverse_util.unflatten_dict({k: flat[k] for k in flat_shapes}), cached
+
+
+def cache_file(folder: pathlib.Path, weight_files: Sequence[pathlib.Path]
+               ) -> pathlib.Path | None:
+  """Where `$JAX3D_PRIOR_CACHE` keeps this component's weights in Flax names and layout
+  (None when the variable is unset): keyed by its config.json and its weight files' paths,
+  sizes and modification times, so an edited folder misses. A hit is read memory-mapped with
+  no conversion and no shape check (it was checked when written)."""
+  root = os.environ.get(CACHE_ENV)
+  if not root:
+    return None
+  digest = hashlib.sha256(f"jax3d prior cache {CACHE_FORMAT}\n".encode())
+  digest.update((folder / "config.json").read_bytes())
+  for path in weight_files:
+    st = path.stat()
+    digest.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+  return pathlib.Path(root).expanduser() / f"{digest.hexdigest()[:40]}.safetensors"
+
+
+def _write_cache(path: pathlib.Path, tree: Any) -> None:
+  """`tree` (on device) as a Flax-layout safetensors file at `path`, atomically; skipped
+  quietly when the disk refuses (the cache is an optimisation)."""
+  flat = {".".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.numpy.save_file(flat, str(tmp), metadata={"format": "flax"})
+    os.replace(tmp, path)
+  except OSError:
+    tmp.unlink(missing_ok=True)
 
 
 def _check_state(folder: pathlib.Path, flat: dict, flat_shapes: dict) -> None:
@@ -392,15 +440,24 @@ def supported_config(cls, config: dict[str, Any], where: pathlib.Path) -> dict[s
   return {k: v for k, v in config.items() if k in fields}
 
 
-def _build_diffusers_model(cls, folder: pathlib.Path, dtype) -> tuple[Any, Any]:
-  """Instantiates a diffusers Flax model from its config.json and gets its param shapes."""
+def _build_diffusers_model(cls, folder: pathlib.Path, dtype) -> tuple[Any, Callable[[], Any]]:
+  """A diffusers Flax model from its config.json, and a function giving its param shapes
+  (`jax.eval_shape` of its initializer: seconds for SD, skipped on a cache hit)."""
   config = supported_config(cls, _component_config(folder), folder / "config.json")
+
+  def invalid(e: Exception) -> UserError:
+    return UserError(f"{folder / 'config.json'} does not describe a valid {cls.__name__}: "
+                     f"{_one_line(e)}")
   try:
     model = cls.from_config(config, dtype=dtype)
-    shapes = jax.eval_shape(model.init_weights, jax.random.PRNGKey(0))
   except Exception as e:  # pylint: disable=broad-except  (any bad config value)
-    raise UserError(f"{folder / 'config.json'} does not describe a valid {cls.__name__}: "
-                    f"{_one_line(e)}") from None
+    raise invalid(e) from None
+
+  def shapes():
+    try:
+      return jax.eval_shape(model.init_weights, jax.random.PRNGKey(0))
+    except Exception as e:  # pylint: disable=broad-except
+      raise invalid(e) from None
   return model, shapes
 
 
@@ -415,7 +472,7 @@ def _build_text_encoder(folder: pathlib.Path, dtype):
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f"{folder / 'config.json'} does not describe a valid CLIP text encoder: "
                     f"{_one_line(e)}") from None
-  return model, model.params_shape_tree
+  return model, lambda: model.params_shape_tree
 
 
 def _load_tokenizer(folder: pathlib.Path):
@@ -517,18 +574,20 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
                     f"vocab_size is {tcfg.vocab_size}")
   max_length = int(min(tokenizer.model_max_length, tcfg.max_position_embeddings))
 
-  params: dict[str, Any] = {
-      "unet": load_state(root / "unet", unet_shapes, "diffusers", allow_pickle),
-      "text_encoder": load_state(root / "text_encoder", text_shapes, "transformers",
-                                 allow_pickle, text_model.base_model_prefix),
-  }
+  params, to_cache = {}, {}
+  params["unet"], to_cache["unet"] = _load_state(root / "unet", unet_shapes, "diffusers",
+                                                 allow_pickle)
+  params["text_encoder"], to_cache["text_encoder"] = _load_state(
+      root / "text_encoder", text_shapes, "transformers", allow_pickle,
+      text_model.base_model_prefix)
   if latent:
     vae, vae_shapes = _build_diffusers_model(diffusers.FlaxAutoencoderKL, root / "vae", jdtype)
     vcfg = vae.config
     if vcfg.latent_channels != ucfg.in_channels:
       raise UserError(f"{root}: the VAE's latent_channels {vcfg.latent_channels} != the UNet's "
                       f"in_channels {ucfg.in_channels}")
-    params["vae"] = load_state(root / "vae", vae_shapes, "diffusers", allow_pickle)
+    params["vae"], to_cache["vae"] = _load_state(root / "vae", vae_shapes, "diffusers",
+                                                 allow_pickle)
     factor = 2**(len(vcfg.block_out_channels) - 1)
     resolution = int(ucfg.sample_size) * factor
     scaling = float(_component_config(root / "vae").get("scaling_factor") or
@@ -538,7 +597,12 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
       raise UserError(f"{root}: a pixel-space prior (no vae/) needs a UNet with 3 in_channels, "
                       f"not {ucfg.in_channels}")
     vae, resolution, scaling = None, int(ucfg.sample_size), 1.0
+  stored = {np.asarray(x).dtype for x in jax.tree.leaves(params)}
   params = cast_floating(params, jdtype)
+  if stored <= {np.dtype(jdtype), np.dtype(np.int32), np.dtype(np.int64)}:
+    for component, path in to_cache.items():  # from the device: laid out, no host transposes
+      if path is not None:
+        _write_cache(path, params[component])
   latent_shape = (int(ucfg.sample_size), int(ucfg.sample_size), int(ucfg.in_channels))
 
   extra = index.get("jax3d") if isinstance(index.get("jax3d"), dict) else {}
