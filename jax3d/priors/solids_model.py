@@ -154,7 +154,9 @@ def save_folder(nets: Networks, params: dict[str, Any], folder: str,
                  "scheduler": ["diffusers", "FlaxDDIMScheduler"],
                  "jax3d": {"resolution": nets.cfg.resolution, "pixel_space": True,
                            "default_guidance_scale": guidance_scale,
-                           "view_schemes": list(view_schemes)}},
+                           "view_schemes": list(view_schemes),
+                           # trained with diffusers Flax's GELU and GroupNorm eps
+                           "numerics": "flax"}},
                 f, indent=2)
     for name, text in (extra_files or {}).items():
       with open(os.path.join(tmp, name), "w") as f:
