@@ -93,18 +93,20 @@ def test_diffusers_flax_numerics_are_what_the_fix_removes(tmp_path):
     ("unet", "class_embed_type", "timestep"), ("unet", "mid_block_type", "UNetMidBlock2D"),
     ("unet", "down_block_types", ["CrossAttnDownBlock2D", "ResnetDownsampleBlock2D"]),
     ("vae", "shift_factor", 0.0609),
+    ("unet", "_class_name", "UNetSpatioTemporalConditionModel"),
 ])
 def test_settings_the_flax_classes_would_ignore_are_refused(tmp_path, capsys, component, key,
                                                             value):
   folder = _copy(tmp_path)
   path = folder / component / "config.json"
   path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
-  with pytest.raises(UserError, match=key):
+  needle = str(value) if key == "_class_name" else key
+  with pytest.raises(UserError, match=needle):
     sd_loader.load_diffusers_prior(folder)
   code = cli.main(["sample", "a red cube", "--prior", str(folder), "--num", "1", "--steps", "1",
                    "--out", str(tmp_path / "s.png")])
   err = capsys.readouterr().err
-  assert code == 2 and err.count("\n") == 1 and key in err, err
+  assert code == 2 and err.count("\n") == 1 and needle in err, err
   assert not (tmp_path / "s.png").exists()
 
 

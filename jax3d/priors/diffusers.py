@@ -424,6 +424,9 @@ def supported_config(cls, config: dict[str, Any], where: pathlib.Path) -> dict[s
   setting it would ignore at a value other than PyTorch's default, or a block it lacks."""
   fields = set(cls.__dataclass_fields__) - {"parent", "name"}
   defaults = TORCH_ONLY_DEFAULTS.get(cls.__name__, {})
+  kind = config.get("_class_name", cls.__name__)
+  if kind not in (cls.__name__, cls.__name__[4:]):
+    raise UserError(f"{where}: a {kind} is not supported here (only {cls.__name__[4:]})")
   for key, value in config.items():
     if key in fields or key.startswith("_") or key in PRECISION_ONLY:
       continue

@@ -324,6 +324,5 @@ def to_host(tree):
                       tree)
 
 
-__all__ = ["add_flags", "initialize", "finish", "exit_if_lost_peer", "process_index", "is_main", "multi",
-           "check_same", "any_process",
-           "barrier", "to_host", "ENV"]
+__all__ = ["add_flags", "initialize", "finish", "exit_if_lost_peer", "process_index",
+           "is_main", "multi", "check_same", "any_process", "barrier", "to_host", "ENV"]
