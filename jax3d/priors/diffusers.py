@@ -22,9 +22,9 @@ All diffusers/transformers imports of jax3d live in `jax3d.priors`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import hashlib
 import pathlib
 import re
 from typing import Any, Callable, Iterator, Sequence
@@ -548,7 +548,16 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
                       (" (model_index.json lists it)" if sub in listed else ""))
   # Locate every weight file first: cheap, and refuses pickle-only folders before any work.
   for sub in ("unet", "text_encoder") + (("vae",) if latent else ()):
-    find_weight_files(root / sub, allow_pickle)
+    weights = find_weight_files(root / sub, allow_pickle)
+    if sub == "unet":
+      unet_format = weights[0].suffix
+  extra = index.get("jax3d") if isinstance(index.get("jax3d"), dict) else {}
+  # Flax msgpack weights (the shipped solids priors) were trained with diffusers Flax's own
+  # numerics; PyTorch-layout weights with PyTorch's.
+  numerics = extra.get("numerics") or ("flax" if unet_format == ".msgpack" else "pytorch")
+  if numerics not in NUMERICS:
+    raise UserError(f"{root}/model_index.json: jax3d.numerics must be one of "
+                    f"{', '.join(NUMERICS)}, got {numerics!r}")
 
   sched = _read_json(root / "scheduler" / "scheduler_config.json")
   alphas_cumprod = scheduler_alphas_cumprod(sched, str(root / "scheduler"))
@@ -600,15 +609,15 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
       raise UserError(f"{root}: a pixel-space prior (no vae/) needs a UNet with 3 in_channels, "
                       f"not {ucfg.in_channels}")
     vae, resolution, scaling = None, int(ucfg.sample_size), 1.0
-  stored = {np.asarray(x).dtype for x in jax.tree.leaves(params)}
+  stored = ({np.asarray(x).dtype for x in jax.tree.leaves(params)}
+            if any(p is not None for p in to_cache.values()) else None)
   params = cast_floating(params, jdtype)
-  if stored <= {np.dtype(jdtype), np.dtype(np.int32), np.dtype(np.int64)}:
+  if stored and stored <= {np.dtype(jdtype), np.dtype(np.int32), np.dtype(np.int64)}:
     for component, path in to_cache.items():  # from the device: laid out, no host transposes
       if path is not None:
         _write_cache(path, params[component])
   latent_shape = (int(ucfg.sample_size), int(ucfg.sample_size), int(ucfg.in_channels))
 
-  extra = index.get("jax3d") if isinstance(index.get("jax3d"), dict) else {}
   if guidance_scale is None:
     guidance_scale = float(extra.get("default_guidance_scale", DEFAULT_GUIDANCE_SCALE))
   if render_resolution is None:
@@ -620,11 +629,6 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
       any(s not in cameras.VIEW_SCHEMES for s in schemes)):
     raise UserError(f"{root}/model_index.json: jax3d.view_schemes must be a non-empty list of "
                     f"{', '.join(cameras.VIEW_SCHEMES)}, got {schemes!r}")
-
-  numerics = extra.get("numerics") or _default_numerics(root / "unet", allow_pickle)
-  if numerics not in NUMERICS:
-    raise UserError(f"{root}/model_index.json: jax3d.numerics must be one of "
-                    f"{', '.join(NUMERICS)}, got {numerics!r}")
 
   return base.Prior(
       name=name or root.resolve().name,
@@ -657,13 +661,6 @@ def _text_fn(text_model, tokenizer, max_length: int):
     out = [encode_ids(params["text_encoder"], ids[i:i + 1])[0] for i in range(len(ids))]
     return jnp.stack(out).astype(jnp.float32)
   return text_fn
-
-
-def _default_numerics(unet_folder: pathlib.Path, allow_pickle: bool) -> str:
-  """'pytorch' for weights in PyTorch layout (trained there), 'flax' for Flax msgpack (the
-  shipped solids priors were trained with diffusers Flax's own numerics)."""
-  files = find_weight_files(unet_folder, allow_pickle)
-  return "flax" if files[0].suffix == ".msgpack" else "pytorch"
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from jax3d.errors import UserError
 ENV = {"coordinator": "JAX3D_COORDINATOR", "num_processes": "JAX3D_NUM_PROCESSES",
        "process_id": "JAX3D_PROCESS_ID"}
 # Seconds to wait for every process to join, and for a silent process to be declared dead
-# (JAX's coordination service then stops the others with an error).
+# (jax3d's watchdog then stops the others with one line).
 DEFAULT_INIT_TIMEOUT_S = 120
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60
 EXIT_LOST_PEER = 1  # a runtime failure, not bad input (2)
@@ -107,10 +107,9 @@ def initialize(args) -> None:
                                initialization_timeout=args.init_timeout,
                                heartbeat_timeout_seconds=args.heartbeat_timeout)
   except Exception as e:  # pylint: disable=broad-except
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     where = coordinator or "the detected cluster"
     raise UserError(f"could not join the distributed run at {where} within "
-                    f"{args.init_timeout} s ({first[:200]}); start every process with the same "
+                    f"{args.init_timeout} s ({_first_line(e)}); start every process with the same "
                     f"--coordinator and --num-processes and distinct --process-id, with "
                     f"process 0 able to listen on that port") from None
   _WATCHDOG.start(args.heartbeat_timeout)

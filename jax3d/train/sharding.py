@@ -42,13 +42,18 @@ def data_mesh(devices: list | None = None) -> Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def split_batch(x: jax.Array, mesh: Mesh) -> jax.Array:
-  """`x` (B, ...) with B split over the mesh's `batch` axis (inside a step); a no-op on one
-  device or when B does not divide evenly."""
-  n = mesh.shape[BATCH]
+def _split_leading(x: jax.Array, mesh: Mesh, axis: str) -> jax.Array:
+  """`x` with its leading axis split over the mesh axis `axis` (inside a step); a no-op when
+  that axis has one device or the leading size does not divide evenly."""
+  n = mesh.shape[axis]
   if n == 1 or x.shape[0] % n:
     return x
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(BATCH)))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(axis)))
+
+
+def split_batch(x: jax.Array, mesh: Mesh) -> jax.Array:
+  """`x` (B, ...) with B split over the mesh's `batch` axis (`_split_leading`)."""
+  return _split_leading(x, mesh, BATCH)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -82,10 +87,7 @@ def split_rays(x: jax.Array, mesh: Mesh) -> jax.Array:
   """`x` (R, ...) with its ray axis R split over the mesh's `views` axis (inside a step;
   under `vmap(..., spmd_axis_name=PARTICLES)` the particle axis is added). A no-op on a mesh
   with one device per particle, or when R does not divide evenly."""
-  v = mesh.shape[VIEWS]
-  if v == 1 or x.shape[0] % v:
-    return x
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(VIEWS)))
+  return _split_leading(x, mesh, VIEWS)
 
 
 __all__ = ["PARTICLES", "VIEWS", "BATCH", "make_mesh", "data_mesh", "split_batch", "replicated",
