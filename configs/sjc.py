@@ -48,7 +48,8 @@ def get_config(preset=None):
       emptiness_weight=1e4, emptiness_scale=10.0,  # official
       emptiness_step=0.5, emptiness_multiplier=20.0,  # official: x20 from halfway
       center_depth_weight=0.0,  # official depth_weight 0 (off)
-      center_depth_border=7 / 64))  # official: the outer 7 of 64 pixels
+      center_depth_border=7 / 64,  # official: the outer 7 of 64 pixels
+      opacity=0.0, opacity_kind="entropy"))  # not in the official code
   c.optim = ml_collections.ConfigDict(dict(
       name="adamax", lr_grid=0.05, lr_mlp=0.05,  # official: Adamax, lr 0.05
       b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0))

@@ -65,6 +65,8 @@ def _cmd_bench(args, overrides):
   if args.distributed and args.what != "step":
     raise UserError(f"--distributed is for `jax3d bench step`, not `bench {args.what}` (run "
                     f"`jax3d bench solids` prompts as separate `generate --distributed` runs)")
+  if getattr(args, "raster", False) and args.what != "render":
+    raise UserError(f"--raster is for `jax3d bench render`, not `bench {args.what}`")
   distributed.initialize(args)
   from jax3d import bench
   return bench.main(args)
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quick", action="store_true", help="tiny sizes (for smoke tests)")
   p.add_argument("--grid", choices=["toy", "sd"], default="toy",
                  help="hash-grid scale for `bench render`")
+  p.add_argument("--raster", action="store_true",
+                 help="`bench render`: time the mesh rasterizer instead of the NeRF")
   p.add_argument("--prior", default=None,
                  help="`bench prior`: the prior to score (default solids); `solids`/`step`: "
                       "the prior to use (default: the config's `prior`)")

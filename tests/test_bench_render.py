@@ -48,6 +48,29 @@ def test_bench_render_quick_writes_json(tmp_path, capsys):
   assert "forward+backward" in printed
 
 
+def test_bench_render_raster_quick(tmp_path, capsys):
+  from jax3d.bench import render  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "raster.json"
+  assert cli.main(["bench", "render", "--raster", "--quick", "--repeats", "1", "--out",
+                   str(out)]) == 0
+  payload = json.loads(out.read_text())
+  assert payload["settings"]["raster"] is True
+  rows = payload["rows"]
+  assert {r["pass"] for r in rows} == {"forward", "forward+backward"}
+  for r in rows:
+    assert r["overflow"] == 0 and r["time_ms"] > 0 and r["image"] == "16x16"
+    np.testing.assert_allclose(r["faces_per_s"] * r["time_ms"] / 1e3, r["faces"], rtol=1e-6)
+  assert "mesh rasterizer" in capsys.readouterr().out
+  # The benchmark's sphere is closed and outward: V − E + F = 2, positive volume.
+  v, f = render.sphere_mesh(1000)
+  pairs = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+  edges = np.unique(np.sort(pairs, 1), axis=0)
+  assert len(v) - len(edges) + len(f) == 2
+  tri = v[f].astype(np.float64)
+  assert np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() > 0
+  assert cli.main(["bench", "prior", "--raster"]) == 2
+
+
 def test_bench_bad_repeats_is_user_error(capsys):
   assert cli.main(["bench", "render", "--quick", "--repeats", "0"]) == 2
   assert "--repeats" in capsys.readouterr().err

@@ -29,6 +29,7 @@ SYSTEMS: dict[str, Entry] = {
     "sds": Entry("jax3d.systems.dreamfusion:DreamFusion", "dreamfusion:toy"),
     "sjc": Entry("jax3d.systems.sjc:SJC", "sjc:toy"),
     "vsd": Entry("jax3d.systems.prolificdreamer:ProlificDreamer", "prolificdreamer:toy"),
+    "magic3d": Entry("jax3d.systems.magic3d:Magic3D", "magic3d:toy"),
 }
 DEFAULT_METHOD = "sds"
 

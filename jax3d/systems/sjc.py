@@ -44,13 +44,21 @@ class Guidance(sjc_lib.PAASConfig, field_system.ViewWords):
 @dataclasses.dataclass(frozen=True)
 class Regularizers:
   """λ_e·mean(log(1 + s_e·w)), λ_e × multiplier from `emptiness_step`·num_steps on (official:
-  1e4, 10, ×20 from halfway); the centre-depth loss (official: off, border 7/64)."""
+  1e4, 10, ×20 from halfway); the centre-depth loss (official: off, border 7/64); a penalty on
+  the rays' opacity (`regularizers.opacity_loss`; not in the official code)."""
   emptiness_weight: float
   emptiness_scale: float
   emptiness_step: float
   emptiness_multiplier: float
   center_depth_weight: float
   center_depth_border: float
+  opacity: float
+  opacity_kind: str  # regularizers.OPACITY_LOSS_KINDS
+
+  def __post_init__(self):
+    if self.opacity_kind not in regularizers.OPACITY_LOSS_KINDS:
+      raise UserError(f"unknown regularizers.opacity_kind {self.opacity_kind!r}; choose one of "
+                      f"{', '.join(regularizers.OPACITY_LOSS_KINDS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +151,10 @@ class SJC(field_system.FieldSystem):
       loss_depth = regularizers.center_depth_loss(out["depth"] * out["opacity"],
                                                   r.center_depth_border)
       loss = loss + r.center_depth_weight * loss_depth
+    loss_opacity = regularizers.opacity_loss(out["opacity"], r.opacity_kind)
+    loss = loss + r.opacity * loss_opacity
     metrics = {"loss": loss, "loss_sjc": loss_sjc, "loss_emptiness": loss_empty,
-               "loss_center_depth": loss_depth, "mean_opacity": jnp.mean(out["opacity"]),
+               "loss_center_depth": loss_depth, "loss_opacity": loss_opacity, "mean_opacity": jnp.mean(out["opacity"]),
                "sigma": jnp.mean(aux["sigma"]), "residual_norm": aux["residual_norm"]}
     return loss, (metrics, None)
 

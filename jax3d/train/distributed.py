@@ -312,6 +312,14 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def from_main(array: np.ndarray) -> np.ndarray:
+  """The main process's `array` on every process (a collective; same shape everywhere)."""
+  if not multi():
+    return array
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.broadcast_one_to_all(array))
+
+
 def to_host(tree):
   """Every leaf of a pytree of (possibly multi-process) arrays as a NumPy array on this host
   (a collective: every process calls it)."""
@@ -324,4 +332,5 @@ def to_host(tree):
 
 
 __all__ = ["add_flags", "initialize", "finish", "exit_if_lost_peer", "process_index",
-           "is_main", "multi", "check_same", "any_process", "barrier", "to_host", "ENV"]
+           "is_main", "multi", "check_same", "any_process", "barrier", "from_main", "to_host",
+           "ENV"]

@@ -98,8 +98,10 @@ def export_particle(system, state, k: int, step: int, folder: str,
           "num_vertices": mesh.num_vertices, "num_faces": mesh.num_faces}, frames
 
 
-def final_folder(workdir: str, k: int, num_particles: int) -> str:
-  base = os.path.join(workdir, "final")
+def final_folder(workdir: str, k: int, num_particles: int, base: str | None = None) -> str:
+  """Where particle k's mesh and turntable go: `base` (default workdir/final), or its
+  particle_K/ when there are several particles."""
+  base = os.path.join(workdir, "final") if base is None else base
   return base if num_particles == 1 else os.path.join(base, f"particle_{k}")
 
 
@@ -135,17 +137,59 @@ def generate(prompt: str, workdir: str, cfg: ml_collections.ConfigDict,
 
 def _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_bar,
                       discard) -> dict[str, Any]:
+  """Trains and exports; a staged method (one with `next_stage`, e.g. Magic3D) trains its
+  first stage in workdir/<stage>/ (checkpoints, previews, TensorBoard, its meshes), then the
+  next from the first's result in workdir/ itself. Rerunning resumes either stage."""
+  if not hasattr(system, "next_stage"):
+    return _train_stage(system, prompt, prior_spec, workdir, os.path.join(workdir, "final"),
+                        stop_after, enable_bar, discard)[0]
+  first = os.path.join(workdir, system.stage)
+  summary, state = _train_stage(system, prompt, prior_spec, first, first, stop_after,
+                                enable_bar, discard)
+  if state is None:
+    return summary
+  if stop_after is not None:
+    stop_after -= summary["steps"] - (summary["resumed_from"] or 0)
+    if stop_after <= 0:
+      return summary
+  system = system.next_stage(state, _levels(summary, system.config.num_particles))
+  final, _ = _train_stage(system, prompt, prior_spec, workdir, os.path.join(workdir, "final"),
+                          stop_after, enable_bar, discard)
+  final["stages"] = {summary.get("stage", "first"): {
+      k: summary[k] for k in ("steps", "wall_time_s", "compile_time_s", "total_time_s",
+                              "resumed_from")}}
+  if final["steps"] >= system.config.num_steps and distributed.is_main():
+    run_folder.write_json(os.path.join(workdir, "final", "metrics.json"), final)
+  return final
+
+
+def _levels(summary: dict, num_particles: int) -> np.ndarray:
+  """The first stage's mesh level per particle (its summary's, on the main process) on every
+  process."""
+  levels = np.zeros((num_particles,), np.float32)
+  if "particles" in summary:
+    levels[:] = [p["mesh_level"] for p in summary["particles"]]
+  return distributed.from_main(levels)
+
+
+def _train_stage(system, prompt, prior_spec, workdir, export_dir, stop_after, enable_bar,
+                 discard) -> tuple[dict[str, Any], Any]:
+  """Trains `system` with its checkpoints, previews and TensorBoard in `workdir` and, once
+  finished, exports every particle into `export_dir`; (summary, the trained state or None
+  if the run stopped early)."""
   from jax3d.export import video  # pylint: disable=g-import-not-at-top
   from jax3d.train import loop  # pylint: disable=g-import-not-at-top
   from jax3d.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   from jax3d.train.logging import Logger  # pylint: disable=g-import-not-at-top
   run, method = system.config, system.config.method
+  stage = getattr(system, "stage", None)
   key = jax.random.key(run.seed)
   k_init, k_train = jax.random.split(key)
   t0 = time.perf_counter()
   state = system.init(k_init)
   main = distributed.is_main()
-  logger = Logger(workdir, run.num_steps, desc=method, enable_bar=enable_bar, write=main)
+  logger = Logger(workdir, run.num_steps, desc=method if stage is None else f"{method} {stage}",
+                  enable_bar=enable_bar, write=main)
 
   def preview(step, st):
     st = _particles_here(st)  # A collective: every process gathers.
@@ -173,13 +217,16 @@ def _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_ba
              "final_metrics": result.metrics, "device": jax.devices()[0].device_kind,
              "num_devices": len(jax.devices()), "num_processes": jax.process_count(),
              "num_particles": run.num_particles}
-  if result.step >= run.num_steps:
-    state = _particles_here(result.state)
-    if main:
-      summary["particles"] = export_all(system, state, result.step, workdir)
-      run_folder.write_json(os.path.join(workdir, "final", "metrics.json"), summary)
-    distributed.barrier("jax3d-exported")
-  return summary
+  if stage is not None:
+    summary["stage"] = stage
+  if result.step < run.num_steps:
+    return summary, None
+  state = _particles_here(result.state)
+  if main:
+    summary["particles"] = export_all(system, state, result.step, export_dir)
+    run_folder.write_json(os.path.join(export_dir, "metrics.json"), summary)
+  distributed.barrier("jax3d-exported")
+  return summary, result.state
 
 
 def _particles_here(state):
@@ -190,18 +237,19 @@ def _particles_here(state):
   return state.replace(particles=distributed.to_host(state.particles))
 
 
-def export_all(system, state, step: int, workdir: str, level: float | None = None) -> list[dict]:
-  """Every particle's mesh and turntable; with several particles also final/particles.mp4
-  and .gif, all turntables in one grid."""
+def export_all(system, state, step: int, base: str, level: float | None = None) -> list[dict]:
+  """Every particle's mesh and turntable into `base` (workdir/final for a run's result); with
+  several particles into base/particle_K/, and base/particles.mp4 and .gif, all turntables in
+  one grid."""
   from jax3d.export import video  # pylint: disable=g-import-not-at-top
   n = system.config.num_particles
-  results, frames = zip(*[export_particle(system, state, k, step, final_folder(workdir, k, n),
+  results, frames = zip(*[export_particle(system, state, k, step, final_folder("", k, n, base),
                                           level) for k in range(n)])
   if n > 1:
     ncols = int(np.ceil(np.sqrt(n)))
     grid = np.stack([video.image_grid(np.stack([f[i] for f in frames]), ncols, pad=2)
                      for i in range(len(frames[0]))])
-    video.write_video(grid, os.path.join(workdir, "final"), stem="particles",
+    video.write_video(grid, base, stem="particles",
                       fps=system.config.export.video_fps)
   return list(results)
 
@@ -222,23 +270,40 @@ def _read_run(workdir: str) -> dict:
   raise UserError(f"{path} is not a jax3d run config; was it edited?")
 
 
+def _restore(checkpoints: str, system):
+  from jax3d.train import checkpoint  # pylint: disable=g-import-not-at-top
+  checkpointer = checkpoint.Checkpointer(checkpoints)
+  try:
+    state, _, step = checkpointer.restore(system.init(jax.random.key(system.config.seed)))
+  finally:
+    checkpointer.close()
+  return state, step
+
+
 def export_command(workdir: str, level: float | None = None) -> list[dict]:
-  """Re-exports meshes and turntables from a run's latest checkpoint into final/."""
+  """Re-exports meshes and turntables from a run's latest checkpoint into final/ (for a
+  staged method, from its last stage's, built on its first stage's final checkpoint)."""
   from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
   from jax3d.train import checkpoint  # pylint: disable=g-import-not-at-top
   run = _read_run(workdir)
-  if not checkpoint.has_checkpoint(os.path.join(workdir, "checkpoints")):
-    raise UserError(f"{workdir} has no checkpoint yet; run `jax3d generate` first")
   cfg = ml_collections.ConfigDict(run["config"])
   with run_folder.Lock(workdir, "export"):
     prior = priors.load_prior(run["prior"], dtype=run.get("dtype", "float32"))
     system = registry.make_system(run["method"], run["prompt"], cfg, prior)
-    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-      state, _, step = checkpointer.restore(system.init(jax.random.key(system.config.seed)))
-    finally:
-      checkpointer.close()
-    return export_all(system, state, step, workdir, level)
+    if hasattr(system, "next_stage"):
+      first = os.path.join(workdir, system.stage)
+      summary = os.path.join(first, "metrics.json")
+      if not os.path.isfile(summary):
+        raise UserError(f"{workdir}'s {system.stage} stage has not finished; run `jax3d "
+                        f"generate` first")
+      with open(summary) as f:
+        coarse = json.load(f)
+      state, _ = _restore(os.path.join(first, "checkpoints"), system)
+      system = system.next_stage(state, _levels(coarse, system.config.num_particles))
+    if not checkpoint.has_checkpoint(os.path.join(workdir, "checkpoints")):
+      raise UserError(f"{workdir} has no checkpoint yet; run `jax3d generate` first")
+    state, step = _restore(os.path.join(workdir, "checkpoints"), system)
+    return export_all(system, state, step, os.path.join(workdir, "final"), level)
 
 
 def eval_command(workdir: str, resolution: int = 96) -> dict:
