@@ -432,8 +432,8 @@ def compact_mesh(vertices, faces, face_mask) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = ["DMTetConfig", "TetGrid", "tet_grid", "grid_sizes", "num_params", "memory_bytes",
-           "check_memory", "init_sdf_from_density", "drop_small_interiors", "init", "deformed_vertices",
-           "edge_crossings", "marching_tetrahedra", "extract", "face_normals",
+           "check_memory", "init_sdf_from_density", "drop_small_interiors", "init",
+           "deformed_vertices", "edge_crossings", "marching_tetrahedra", "extract", "face_normals",
            "normal_consistency", "uniform_laplacian", "laplacian_loss", "compact_mesh",
            "EDGE_PAIRS", "TRIANGLE_TABLE", "TRIANGLE_COUNT", "MAX_RESOLUTION",
            "DEFAULT_DENSITY_LEVEL"]
