@@ -101,3 +101,14 @@ def get_config(preset=None):
   else:
     raise ValueError(f"unknown preset {preset!r}; use toy, toy-analytic or sd")
   return c
+
+
+def derived(preset, method: str):
+  """DreamFusion's `toy` or `sd` preset (None: toy) as the base of `method`'s config (VSD and
+  Magic3D build on it)."""
+  preset = preset or "toy"
+  if preset not in ("toy", "sd"):
+    raise ValueError(f"unknown preset {preset!r}; use toy or sd")
+  c = get_config(preset)
+  c.method = method
+  return c

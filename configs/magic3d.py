@@ -16,11 +16,8 @@ from jax3d.configs import dreamfusion
 
 
 def get_config(preset=None):
+  c = dreamfusion.derived(preset, "magic3d")
   preset = preset or "toy"
-  if preset not in ("toy", "sd"):
-    raise ValueError(f"unknown preset {preset!r}; use toy or sd")
-  c = dreamfusion.get_config(preset)
-  c.method = "magic3d"
   c.fine = ml_collections.ConfigDict(dict(
       num_steps=300,
       render_size=64,  # rasterized at this size, resized to the prior's input

@@ -15,11 +15,8 @@ from jax3d.configs import dreamfusion
 
 
 def get_config(preset=None):
+  c = dreamfusion.derived(preset, "vsd")
   preset = preset or "toy"
-  if preset not in ("toy", "sd"):
-    raise ValueError(f"unknown preset {preset!r}; use toy or sd")
-  c = dreamfusion.get_config(preset)
-  c.method = "vsd"
   c.guidance.scale = 7.5  # ProlificDreamer: CFG 7.5 for the pretrained branch
   # t ~ U[0.02, 0.98], the upper end set to 0.5 at anneal_steps (official: 5000 of 25k).
   c.guidance.timesteps.update(t_min=0.02, t_max=0.98, t_max_end=0.5, anneal="step")
