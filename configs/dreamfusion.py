@@ -103,12 +103,12 @@ def get_config(preset=None):
   return c
 
 
-def derived(preset, method: str):
-  """DreamFusion's `toy` or `sd` preset (None: toy) as the base of `method`'s config (VSD and
-  Magic3D build on it)."""
+def derived(preset, method: str, presets=("toy", "sd")):
+  """DreamFusion's preset of that name (None: toy), one of `presets`, as the base of
+  `method`'s config (VSD and Magic3D build on it)."""
   preset = preset or "toy"
-  if preset not in ("toy", "sd"):
-    raise ValueError(f"unknown preset {preset!r}; use toy or sd")
+  if preset not in presets:
+    raise ValueError(f"unknown preset {preset!r}; use {' or '.join(presets)}")
   c = get_config(preset)
   c.method = method
   return c

@@ -6,6 +6,7 @@ The coarse stage is DreamFusion's SDS on the hash-grid NeRF with the same preset
 Presets:
   toy  the shipped solids-azimuth prior on a laptop CPU: the SDS toy coarse stage at 32x32,
        then a 32^3-cell tet grid rasterized at 64x64 (averaged down to the prior's 32x32).
+  toy-analytic  the toy on the exact analytic prior (dreamfusion:toy-analytic, CFG 10).
   sd   Stable Diffusion (--prior PATH) with threestudio's magic3d-coarse-sd / magic3d-refine-sd
        settings, cited inline: 10k coarse steps at 64x64, a 128^3 tet grid rasterized at 512.
 """
@@ -16,7 +17,7 @@ from jax3d.configs import dreamfusion
 
 
 def get_config(preset=None):
-  c = dreamfusion.derived(preset, "magic3d")
+  c = dreamfusion.derived(preset, "magic3d", ("toy", "toy-analytic", "sd"))
   preset = preset or "toy"
   c.fine = ml_collections.ConfigDict(dict(
       num_steps=300,
@@ -45,12 +46,17 @@ def get_config(preset=None):
       optim=ml_collections.ConfigDict(dict(
           name="adam", lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15,
           grad_clip=0.0))))
-  if preset == "toy":
+  if preset in ("toy", "toy-analytic"):
     c.num_steps = 400  # the coarse stage; the fine stage refines its shape
     # Against this SDS gradient 1e4 barely smooths (a red cube: silhouette IoU 0.850 -> 0.890
     # at 1e6, no better at 1e7; docs/results.md, "Magic3D").
     c.fine.regularizers.normal_consistency = 1e6
-  else:
+  if preset == "toy-analytic":
+    # The exact prior at CFG 10 (dreamfusion:toy-analytic); the fine stage's guidance and
+    # smoothing scaled with it, as the opacity penalty is there.
+    c.fine.guidance.scale = 10.0
+    c.fine.regularizers.normal_consistency = 1e5
+  if preset == "sd":
     c.fine.num_steps = 5000  # refine: max_steps 5000
     c.fine.render_size = 512  # refine: 512x512
     c.fine.views_per_step = 1

@@ -84,7 +84,9 @@ def test_typed_rejects_unknown_and_missing_keys():
 
 
 @pytest.mark.parametrize("spec", ["dreamfusion:toy", "dreamfusion:toy-analytic",
-                                  "dreamfusion:sd", "sjc:toy", "sjc:sd"])
+                                  "dreamfusion:sd", "sjc:toy", "sjc:sd", "prolificdreamer:toy",
+                                  "prolificdreamer:sd", "magic3d:toy", "magic3d:toy-analytic",
+                                  "magic3d:sd"])
 def test_every_shipped_preset_converts_to_its_methods_config(spec):
   method, cfg = registry.resolve(None, spec)
   typed = configuration.typed(registry.system_class(method).Config, cfg)
