@@ -286,22 +286,22 @@ def export_command(workdir: str, level: float | None = None) -> list[dict]:
   from jax3d.priors import registry as priors  # pylint: disable=g-import-not-at-top
   from jax3d.train import checkpoint  # pylint: disable=g-import-not-at-top
   run = _read_run(workdir)
+  cls = registry.system_class(run["method"])
+  first = os.path.join(workdir, getattr(cls, "stage", ""))
+  if hasattr(cls, "next_stage") and not os.path.isfile(os.path.join(first, "metrics.json")):
+    raise UserError(f"{workdir}'s {cls.stage} stage has not finished; run `jax3d generate` "
+                    f"first")
+  if not checkpoint.has_checkpoint(os.path.join(workdir, "checkpoints")):
+    raise UserError(f"{workdir} has no checkpoint yet; run `jax3d generate` first")
   cfg = ml_collections.ConfigDict(run["config"])
   with run_folder.Lock(workdir, "export"):
     prior = priors.load_prior(run["prior"], dtype=run.get("dtype", "float32"))
     system = registry.make_system(run["method"], run["prompt"], cfg, prior)
     if hasattr(system, "next_stage"):
-      first = os.path.join(workdir, system.stage)
-      summary = os.path.join(first, "metrics.json")
-      if not os.path.isfile(summary):
-        raise UserError(f"{workdir}'s {system.stage} stage has not finished; run `jax3d "
-                        f"generate` first")
-      with open(summary) as f:
+      with open(os.path.join(first, "metrics.json")) as f:
         coarse = json.load(f)
       state, _ = _restore(os.path.join(first, "checkpoints"), system)
       system = system.next_stage(state, _levels(coarse, system.config.num_particles))
-    if not checkpoint.has_checkpoint(os.path.join(workdir, "checkpoints")):
-      raise UserError(f"{workdir} has no checkpoint yet; run `jax3d generate` first")
     state, step = _restore(os.path.join(workdir, "checkpoints"), system)
     return export_all(system, state, step, os.path.join(workdir, "final"), level)
 
