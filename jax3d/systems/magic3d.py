@@ -110,7 +110,8 @@ class Magic3D(dreamfusion.DreamFusion):
 
   def next_stage(self, state: base.State, levels) -> MeshStage:
     """The fine stage of this run, its particles initialised from `state`'s (the trained
-    coarse population) at the coarse meshes' density `levels` (one per particle)."""
+    coarse population, every particle on this host) at the coarse meshes' density `levels`
+    (one per particle)."""
     return MeshStage(self, state.particles["params"], levels)
 
 
@@ -135,11 +136,9 @@ class MeshStage(field_system.FieldSystem):
     self.particle_tx = settings.make_optimizer(f.optim, self.labels)
     sdf = np.array(jax.jit(jax.vmap(self._sdf, in_axes=(0, 0, None)))(
         coarse_params, jnp.asarray(self.levels), jnp.asarray(self.grid.vertices)))
-    self.floaters_dropped = []
     for k in range(sdf.shape[0]):
-      sdf[k], dropped = dmtet.drop_small_interiors(sdf[k], f.grid.resolution,
-                                                   f.min_component_fraction)
-      self.floaters_dropped.append(dropped)
+      sdf[k], _ = dmtet.drop_small_interiors(sdf[k], f.grid.resolution,
+                                             f.min_component_fraction)
       inside = int(np.sum(sdf[k] < 0))
       if not 0 < inside < sdf.shape[1]:
         raise UserError(f"particle {k}'s coarse density gives no surface at level "

@@ -152,7 +152,8 @@ def _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_ba
     stop_after -= summary["steps"] - (summary["resumed_from"] or 0)
     if stop_after <= 0:
       return summary
-  system = system.next_stage(state, _levels(summary, system.config.num_particles))
+  system = system.next_stage(_particles_here(state),
+                             _levels(summary, system.config.num_particles))
   final, _ = _train_stage(system, prompt, prior_spec, workdir, os.path.join(workdir, "final"),
                           stop_after, enable_bar, discard)
   final["stages"] = {summary.get("stage", "first"): {
