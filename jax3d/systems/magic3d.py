@@ -188,7 +188,7 @@ class MeshStage(field_system.FieldSystem):
             jnp.maximum(count - f.max_faces, 0))
 
   def texture_fn(self, params) -> Callable[[jax.Array], jax.Array]:
-    return lambda x: self.field.query(params["texture"], x, self.coarse_blob)["color"]
+    return functools.partial(self._texture_base, self.coarse_blob, params["texture"])
 
   def rasterize(self, params, vertices, faces, neighbors, cam: cameras.Camera):
     return raster.render_mesh(vertices, faces, None, cam, self.background,

@@ -98,10 +98,13 @@ def export_particle(system, state, k: int, step: int, folder: str,
           "num_vertices": mesh.num_vertices, "num_faces": mesh.num_faces}, frames
 
 
-def final_folder(workdir: str, k: int, num_particles: int, base: str | None = None) -> str:
-  """Where particle k's mesh and turntable go: `base` (default workdir/final), or its
+def final_folder(workdir: str, k: int, num_particles: int) -> str:
+  return particle_folder(os.path.join(workdir, "final"), k, num_particles)
+
+
+def particle_folder(base: str, k: int, num_particles: int) -> str:
+  """Where particle k's mesh and turntable go in an export folder: `base` itself, or its
   particle_K/ when there are several particles."""
-  base = os.path.join(workdir, "final") if base is None else base
   return base if num_particles == 1 else os.path.join(base, f"particle_{k}")
 
 
@@ -154,14 +157,10 @@ def _train_and_export(system, prompt, prior_spec, workdir, stop_after, enable_ba
       return summary
   system = system.next_stage(_particles_here(state),
                              _levels(summary, system.config.num_particles))
-  final, _ = _train_stage(system, prompt, prior_spec, workdir, os.path.join(workdir, "final"),
-                          stop_after, enable_bar, discard)
-  final["stages"] = {summary.get("stage", "first"): {
-      k: summary[k] for k in ("steps", "wall_time_s", "compile_time_s", "total_time_s",
-                              "resumed_from")}}
-  if final["steps"] >= system.config.num_steps and distributed.is_main():
-    run_folder.write_json(os.path.join(workdir, "final", "metrics.json"), final)
-  return final
+  stages = {summary["stage"]: {k: summary[k] for k in (
+      "steps", "wall_time_s", "compile_time_s", "total_time_s", "resumed_from")}}
+  return _train_stage(system, prompt, prior_spec, workdir, os.path.join(workdir, "final"),
+                      stop_after, enable_bar, discard, {"stages": stages})[0]
 
 
 def _levels(summary: dict, num_particles: int) -> np.ndarray:
@@ -174,10 +173,10 @@ def _levels(summary: dict, num_particles: int) -> np.ndarray:
 
 
 def _train_stage(system, prompt, prior_spec, workdir, export_dir, stop_after, enable_bar,
-                 discard) -> tuple[dict[str, Any], Any]:
+                 discard, record: dict | None = None) -> tuple[dict[str, Any], Any]:
   """Trains `system` with its checkpoints, previews and TensorBoard in `workdir` and, once
-  finished, exports every particle into `export_dir`; (summary, the trained state or None
-  if the run stopped early)."""
+  finished, exports every particle into `export_dir`; (summary, with `record`'s entries, the
+  trained state or None if the run stopped early)."""
   from jax3d.export import video  # pylint: disable=g-import-not-at-top
   from jax3d.train import loop  # pylint: disable=g-import-not-at-top
   from jax3d.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
@@ -220,6 +219,7 @@ def _train_stage(system, prompt, prior_spec, workdir, export_dir, stop_after, en
              "num_particles": run.num_particles}
   if stage is not None:
     summary["stage"] = stage
+  summary.update(record or {})
   if result.step < run.num_steps:
     return summary, None
   state = _particles_here(result.state)
@@ -244,7 +244,7 @@ def export_all(system, state, step: int, base: str, level: float | None = None) 
   one grid."""
   from jax3d.export import video  # pylint: disable=g-import-not-at-top
   n = system.config.num_particles
-  results, frames = zip(*[export_particle(system, state, k, step, final_folder("", k, n, base),
+  results, frames = zip(*[export_particle(system, state, k, step, particle_folder(base, k, n),
                                           level) for k in range(n)])
   if n > 1:
     ncols = int(np.ceil(np.sqrt(n)))
