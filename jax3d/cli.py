@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 from jax3d.errors import Interrupted, UserError
 from jax3d.systems import registry
 from jax3d.train import distributed
+from jax3d.train import supervisor
 
 EXIT_USER_ERROR = 2
 _METHOD_HELP = (f"distillation method, one of {', '.join(registry.SYSTEMS)} (default: the "
@@ -290,6 +291,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if overrides and not getattr(args, "takes_config", False):
       raise UserError(f"`jax3d {args.command}` takes no --config overrides "
                       f"(got --config.{overrides[0]})")
+    if getattr(args, "distributed", False) and supervisor.wanted():
+      distributed.validate(args)  # refused here in one line, before a child starts
+      return supervisor.run(argv)
     handler: Callable = args.handler
     code = handler(args, overrides)
   except UserError as e:

@@ -110,42 +110,62 @@ LONG_ARGS = [a for a in ARGS if not a.startswith("--config.num_steps=")] + [
     "--config.num_steps=400"]
 
 
-def test_a_dead_process_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_path):
-  """SIGKILL of process 1 mid-run: process 0 exits 1 with one line, at once when it was in a
-  collective (the collective fails), else within the heartbeat timeout (20 s: the watchdog,
-  e.g. when it was waiting at orbax's checkpoint barrier); the same command then resumes
-  from the last complete checkpoint."""
-  work, port = tmp_path / "W", _free_port()
+def _kill_one_mid_run(work, victim: int, after_step: int):
+  """Starts LONG_ARGS as 2 processes, SIGKILLs process `victim` once checkpoint `after_step`
+  exists; (the other's exit code, its stderr)."""
+  port = _free_port()
   args = [*LONG_ARGS, "--workdir", str(work), "--distributed",
           "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
           "--heartbeat-timeout", "20"]
   procs = [subprocess.Popen([sys.executable, "-m", "jax3d", *args, "--process-id", str(i)],
                             env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]
+  other = procs[1 - victim]
   try:
     deadline = time.monotonic() + 180
-    while not (work / "checkpoints" / "2").exists():
-      assert time.monotonic() < deadline and procs[0].poll() is None, "no checkpoint"
+    while not (work / "checkpoints" / str(after_step)).exists():
+      assert time.monotonic() < deadline and other.poll() is None, "no checkpoint"
       time.sleep(0.2)
-    procs[1].kill()
+    procs[victim].kill()
     t0 = time.monotonic()
-    err = procs[0].communicate(timeout=50)[1]
+    err = other.communicate(timeout=50)[1]
     assert time.monotonic() - t0 < 50
   finally:
     for p in procs:
       p.kill()
       p.communicate()
-  lines = [x for x in err.splitlines() if "jax3d: error:" in x]
-  assert procs[0].returncode == 1 and len(lines) == 1, err[-3000:]
-  assert "Rerun the same launch command" in lines[0] and "Traceback" not in err
-  last = Checkpointer(str(work / "checkpoints"))
-  done = last.latest_step()
-  last.close()
-  code, err = _two_processes(work, "--stop-after", "1", args=LONG_ARGS)
-  assert code == 0, err[-3000:]
-  again = Checkpointer(str(work / "checkpoints"))
-  assert again.latest_step() == done + 1
-  again.close()
+  return other.returncode, err
+
+
+def _latest_step(work) -> int:
+  checkpointer = Checkpointer(str(work / "checkpoints"))
+  try:
+    return checkpointer.latest_step()
+  finally:
+    checkpointer.close()
+
+
+def test_a_dead_process_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_path):
+  """SIGKILL of process 1 mid-run: process 0 exits 1 with one line, at once when it was in a
+  collective (the collective fails), else within the heartbeat timeout (20 s: the watchdog,
+  e.g. when it was waiting at orbax's checkpoint barrier); the same command then resumes
+  from the last complete checkpoint. SIGKILL of process 0, which hosts JAX's coordination
+  service, then stops process 1 with one line too (the supervisor's relay: JAX's client
+  aborts it with a fatal log)."""
+  work = tmp_path / "W"
+  for victim, after in ((1, 2), (0, None)):
+    after = after or _latest_step(work) + 1
+    code, err = _kill_one_mid_run(work, victim, after)
+    lines = [x for x in err.splitlines() if "jax3d: error:" in x]
+    assert code == 1 and len(lines) == 1, err[-3000:]
+    assert f"process {1 - victim}:" in lines[0], lines[0]
+    assert "Rerun the same launch command" in lines[0] and "Traceback" not in err
+    assert "Check failure" not in err and "@     0x" not in err, err[-3000:]
+    if victim == 1:
+      done = _latest_step(work)
+      code, err = _two_processes(work, "--stop-after", "1", args=LONG_ARGS)
+      assert code == 0, err[-3000:]
+      assert _latest_step(work) == done + 1
 
 
 def test_processes_that_disagree_on_the_config_stop_before_writing(tmp_path):

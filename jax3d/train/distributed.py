@@ -64,13 +64,14 @@ def _setting(args, name: str, cast=str):
   return value
 
 
-def initialize(args) -> None:
-  """Joins the multi-process run `args` describe (nothing without --distributed)."""
+def validate(args) -> tuple[str | None, int | None, int | None]:
+  """(coordinator, number of processes, process id) from the flags or the JAX3D_* variables
+  (all None where JAX detects the cluster); UserError for flags that cannot work."""
   if not getattr(args, "distributed", False):
     for flag in ("coordinator", "num_processes", "process_id"):
       if getattr(args, flag, None) is not None:
         raise UserError(f"--{flag.replace('_', '-')} needs --distributed")
-    return
+    return None, None, None
   coordinator = _setting(args, "coordinator")
   num_processes = _setting(args, "num_processes", int)
   process_id = _setting(args, "process_id", int)
@@ -89,6 +90,16 @@ def initialize(args) -> None:
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit():
       raise UserError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+  return coordinator, num_processes, process_id
+
+
+def initialize(args) -> None:
+  """Joins the multi-process run `args` describe (nothing without --distributed)."""
+  coordinator, num_processes, process_id = validate(args)
+  if not getattr(args, "distributed", False):
+    return
+  if coordinator is not None:
+    host, _, port = coordinator.rpartition(":")
     # JAX aborts the process (no exception) when it cannot register with the coordinator, so
     # the coordinator's port is checked here first: free on process 0, answering elsewhere.
     if process_id == 0:
@@ -331,6 +342,6 @@ def to_host(tree):
                       tree)
 
 
-__all__ = ["add_flags", "initialize", "finish", "exit_if_lost_peer", "process_index",
+__all__ = ["add_flags", "validate", "initialize", "finish", "exit_if_lost_peer", "process_index",
            "is_main", "multi", "check_same", "any_process", "barrier", "from_main", "to_host",
            "ENV"]
