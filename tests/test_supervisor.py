@@ -58,6 +58,8 @@ def test_a_fatal_log_becomes_one_line_and_exit_1():
   lines = [x for x in text.splitlines() if x.strip()]
   assert lines[0] == JOINED.decode().strip() and len(lines) == 2, text
   assert lines[1].startswith("jax3d: error: process 1: lost the coordinator, process 0")
+  assert "(JAX: Terminating process because the JAX distributed service detected fatal " \
+         "errors); every process stops" in lines[1], lines[1]
   assert "Rerun the same launch command" in lines[1] and "@" not in text
 
 

@@ -91,9 +91,10 @@ class Relay:
       own = [x for x in self._held if x.startswith(b"jax3d: error:")]
       who = f"process {self.process}" if self.process is not None else "this process"
       message = self.fatal.split(b"]", 1)[-1].strip().decode(errors="replace")
+      message = message.split(". ")[0].rstrip(".")  # its first sentence
       self._write(b"\n" + own[0] if own else (
           f"\njax3d: error: {who}: lost the coordinator, process 0 (JAX: "
-          f"{message[:160]}); every process stops. Rerun the same launch command on every "
+          f"{message[:200]}); every process stops. Rerun the same launch command on every "
           f"host to resume from the last complete checkpoint\n").encode())
       self._held = []
       return EXIT_LOST_COORDINATOR
