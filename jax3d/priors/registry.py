@@ -7,6 +7,9 @@
     'analytic' the exact prior over solids renders (`analytic.solids_analytic_prior`), built
                from 64 renders per object; 'analytic:N' from N renders per object (a denser
                set: fewer stray images per view, see README's "The analytic prior's halo")
+    'random:sd15', 'random:sd21'  Stable Diffusion v1.5 / v2.1-base architectures with seeded
+               random weights made on the device (configs in jax3d/assets/random-sd*/; no weight
+               files): step time and memory at the real scale, meaningless results
     PATH       a local diffusers-layout folder (Stable Diffusion or any compatible pipeline)
 """
 
@@ -23,14 +26,23 @@ SOLIDS = "solids"
 SOLIDS_AZIMUTH = "solids-azimuth"
 ANALYTIC = "analytic"
 SHIPPED = {SOLIDS: "solids-prior", SOLIDS_AZIMUTH: "solids-azimuth-prior"}  # name -> folder
+RANDOM = {"random:sd15": "random-sd15", "random:sd21": "random-sd21"}  # name -> config folder
+RANDOM_SEED = 0
 ANALYTIC_SEED = 0
 ANALYTIC_VIEWS = 64  # renders per object of plain 'analytic'
 DTYPES = ("float32", "bfloat16")
 
 
 def shipped_solids_path(name: str = SOLIDS) -> pathlib.Path:
-  """Where the shipped prior `name` (a key of SHIPPED) lives inside the installed package."""
-  return pathlib.Path(str(importlib.resources.files("jax3d.assets"))) / SHIPPED[name]
+  """Where the shipped prior `name` (a key of SHIPPED or RANDOM) lives inside the installed
+  package."""
+  return (pathlib.Path(str(importlib.resources.files("jax3d.assets"))) /
+          {**SHIPPED, **RANDOM}[name])
+
+
+def is_random(spec: str) -> bool:
+  """Whether `spec` names a random-weight architecture (results mean nothing)."""
+  return spec in RANDOM
 
 
 def analytic_views(spec: str) -> int | None:
@@ -67,13 +79,14 @@ def load_prior(spec: str, dtype: str = "float32", allow_pickle: bool = False):
     return analytic.solids_analytic_prior(jax.random.key(ANALYTIC_SEED), views_per_object=views)
   path = prior_folder(spec)
   from jax3d.priors import diffusers as diffusers_prior  # pylint: disable=g-import-not-at-top
-  return diffusers_prior.load_diffusers_prior(path, dtype, allow_pickle,
-                                              name=spec if spec in SHIPPED else None)
+  return diffusers_prior.load_diffusers_prior(
+      path, dtype, allow_pickle, name=spec if spec in SHIPPED or spec in RANDOM else None,
+      random_seed=RANDOM_SEED if spec in RANDOM else None)
 
 
 def prior_folder(spec: str) -> pathlib.Path:
   """The diffusers folder of a shipped name or a path; a UserError if it is not there."""
-  if spec in SHIPPED:
+  if spec in SHIPPED or spec in RANDOM:
     path = shipped_solids_path(spec)
     if not (path / "model_index.json").is_file():
       raise UserError(f"the shipped {spec} prior is not installed; use --prior analytic or "
@@ -81,7 +94,8 @@ def prior_folder(spec: str) -> pathlib.Path:
     return path
   path = pathlib.Path(os.path.expanduser(spec))
   if not path.exists():
-    raise UserError(f"unknown prior {spec!r}: not one of {', '.join([*SHIPPED, ANALYTIC])}, "
+    raise UserError(f"unknown prior {spec!r}: not one of "
+                    f"{', '.join([*SHIPPED, ANALYTIC, *RANDOM])}, "
                     f"analytic:N, and no such folder")
   return path
 
@@ -95,6 +109,8 @@ def describe(spec: str) -> dict[str, str | None]:
   has no weights (it is a deterministic function of the spec)."""
   if analytic_views(spec) is not None:
     return {"prior": spec, "weights_sha256": None}
+  if spec in RANDOM:  # a deterministic function of the spec and RANDOM_SEED
+    return {"prior": spec, "weights_sha256": None, "random_seed": RANDOM_SEED}
   folder = prior_folder(spec)
   digest = hashlib.sha256()
   files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
@@ -106,5 +122,5 @@ def describe(spec: str) -> dict[str, str | None]:
   return {"prior": spec, "weights_sha256": digest.hexdigest() if files else None}
 
 
-__all__ = ["load_prior", "prior_folder", "shipped_solids_path", "is_solids_prior",
+__all__ = ["load_prior", "prior_folder", "shipped_solids_path", "is_solids_prior", "is_random",
            "analytic_views", "describe"]

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import time
+import sys
 from typing import Any
 
 import jax
@@ -125,6 +126,9 @@ def generate(prompt: str, workdir: str, cfg: ml_collections.ConfigDict,
   distributed.check_same(json.dumps({"run": identity, "jax3d": _version()}, sort_keys=True),
                          "the run (prompt, method, prior, config, dtype or jax3d version)")
   run_folder.check(workdir, identity, overwrite)
+  if priors.is_random(prior_spec) and distributed.is_main():
+    print(f"jax3d: warning: {prior_spec} has random weights; this run measures time and "
+          f"memory, its 3D result means nothing", file=sys.stderr)
   prior = priors.load_prior(prior_spec, dtype=dtype, allow_pickle=allow_pickle)
   system = registry.make_system(method, prompt, cfg, prior)  # Checks against the prior.
   memory.check_step_fits(system.compile_step(), list(system.mesh.local_devices),
