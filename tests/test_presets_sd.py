@@ -58,3 +58,20 @@ def test_sjc_sd_preset_renders_latents_and_decodes_them(sd_dir, tmp_path):
   workdir = str(tmp_path / "sjc")
   summary = runner.generate("a red cube", workdir, cfg, sd_dir, enable_bar=False)
   _check_outputs(workdir, summary)
+
+
+def test_bench_step_times_the_encoder_of_a_latent_prior(sd_dir, tmp_path):
+  """`bench step --config dreamfusion:sd`: RGB renders go through the VAE encoder, which gets
+  its own row, and `rest` is what the timed parts leave."""
+  from jax3d import cli
+  out = tmp_path / "step.json"
+  assert cli.main(["bench", "step", "--config", "dreamfusion:sd", "--prior", sd_dir,
+                   "--repeats", "1", "--config.camera.height=16", "--config.camera.width=16",
+                   "--config.field.hashgrid.log2_table_size=12",
+                   "--config.field.hashgrid.max_resolution=64", "--config.render.num_samples=16",
+                   "--out", str(out)]) == 0
+  row = json.loads(out.read_text())["rows"][0]
+  assert row["encode_fwd_bwd_s"] > 0
+  np.testing.assert_allclose(
+      row["rest_s"], row["step_s"] - row["render_fwd_bwd_s"] - row["prior_s"] -
+      row["encode_fwd_bwd_s"], rtol=1e-9)

@@ -2,9 +2,10 @@
 
 Rows: the whole jitted train step (one particle, 'a red cube'); the render forward and
 forward+backward of the step's views; the prior's guidance call alone on x0 (`StepParts`);
-and `rest` = step − render fwd+bwd − prior (the loss, the chain through the encoder, the
-optimizer; near zero or slightly negative where XLA fuses across parts), less any extra
-parts a method names (VSD: the LoRA network's call and its update). A system with a
+for RGB renders scored by a latent prior, the encoder's forward+backward on them; and `rest`
+= step − render fwd+bwd − prior − encoder (the loss, the optimizer; near zero or slightly
+negative where XLA fuses across parts), less any extra parts a method names (VSD: the LoRA
+network's call and its update). A system with a
 `step_sweep` (SJC: K = 1, 2, 4, 8 perturbations; VSD: P = 1, 2, 4, 8 particles on every
 device) is measured at each value, with its ratio to the first; the render and call rows are
 one particle's. Seconds are medians, compile excluded (first_step_s includes it).
@@ -76,7 +77,7 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
                                                    "values": list(values)},
               "grid_label": (f"one particle, {PROMPT!r}; median of {repeats} runs, compile "
                              f"excluded (first_step_s includes it); rest = step - render "
-                             f"fwd+bwd - prior")}
+                             f"fwd+bwd - prior - the other timed parts")}
   rows, first_row = [], None
   for value in values:
     run_cfg = cfg if value is None else configuration.apply_overrides(cfg, [f"{key}={value}"])
@@ -112,11 +113,16 @@ def _parts(system, state, prior, step_s: float, repeats: int) -> dict[str, Any]:
   _, render_s = time_compiled(parts.render, (params, jax.random.key(3)), repeats)
   _, render_bwd_s = time_compiled(jax.grad(lambda p, k: jnp.sum(parts.render(p, k))),
                                   (params, jax.random.key(3)), repeats)
-  views = jax.eval_shape(parts.render, params, jax.random.key(3)).shape[0]
+  rendered = jax.eval_shape(parts.render, params, jax.random.key(3))
+  views = rendered.shape[0]
   x0 = jnp.zeros((views,) + tuple(prior.latent_shape), jnp.float32)
   _, prior_s = time_compiled(parts.guidance, (system.inputs["prior"], x0, jax.random.key(4)),
                              repeats)
   extras = {name: time_compiled(fn, fn_args, repeats)[1] for name, fn, fn_args in parts.extras}
+  if prior.latent and rendered.shape[-1] == 3:  # RGB renders reach a latent prior's encoder
+    encode = jax.grad(lambda x, pp: jnp.sum(prior.encode(pp, x)))
+    extras["encode_fwd_bwd_s"] = time_compiled(
+        encode, (jnp.zeros(rendered.shape, jnp.float32), system.inputs["prior"]), repeats)[1]
   return {"views": views, "render_fwd_s": render_s, "render_fwd_bwd_s": render_bwd_s,
           "prior_s": prior_s, **extras,
           "rest_s": step_s - render_bwd_s - prior_s - sum(extras.values())}
