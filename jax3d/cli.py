@@ -274,6 +274,7 @@ def _error(lines: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  supervisor.adopt()
   with _signals_raise():
     try:
       return _main(argv)

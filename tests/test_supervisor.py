@@ -75,3 +75,16 @@ def test_the_childs_own_diagnosis_wins_over_a_fatal_log_that_raced_it():
 def test_other_deaths_pass_everything_and_a_signal_exit_code():
   r, out = relay(JOINED, ERROR)
   assert r.finish(-9) == 137 and b"".join(out) == JOINED + ERROR
+
+
+def test_a_child_whose_relay_is_gone_leaves_at_once():
+  import os
+  import subprocess
+  import sys
+  code = "from jax3d.train import supervisor; supervisor.adopt(); print('ran')"
+  gone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        env=dict(os.environ, **{supervisor.ENV: "1"}), timeout=60)
+  assert gone.returncode == supervisor.EXIT_LOST_COORDINATOR and "ran" not in gone.stdout
+  mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        env=dict(os.environ, **{supervisor.ENV: str(os.getpid())}), timeout=60)
+  assert mine.returncode == 0 and "ran" in mine.stdout

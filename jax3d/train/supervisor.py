@@ -7,7 +7,7 @@ code in the process can intercept. The parent here joins no JAX run: it forwards
 stderr as it comes (progress bars included), holds back JAX's C++ log messages, and when
 the child logs a fatal error it prints one `jax3d: error:` line instead and exits 1.
 A child that ends any other way gets its held lines printed and its exit code passed on.
-SIGTERM is forwarded to the child; the child is killed if the parent dies (Linux).
+SIGTERM is forwarded to the child; the child is killed if the parent dies (Linux: `adopt`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import sys
 from typing import Callable, Sequence
 
-ENV = "JAX3D_SUPERVISED"  # set in the child: run the command, do not supervise again
+ENV = "JAX3D_SUPERVISED"  # set in the child to the relay's pid: run, do not supervise again
 EXIT_LOST_COORDINATOR = 1  # a runtime failure, as distributed.EXIT_LOST_PEER
 
 # absl/glog lines: a severity letter, MMDD hh:mm:ss.micro, thread id, file:line]
@@ -102,20 +102,27 @@ class Relay:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def _die_with_parent() -> None:
-  """In the child: SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+def adopt() -> None:
+  """In a supervised child, first thing: ask for SIGKILL when the relay dies (Linux prctl
+  PR_SET_PDEATHSIG), and leave at once if it is already gone. Done here rather than in a
+  `preexec_fn`, which would fork a multithreaded process."""
+  parent = os.environ.get(ENV, "")
+  if not parent.isdigit():
+    return
   try:
     import ctypes  # pylint: disable=g-import-not-at-top
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
   except (OSError, AttributeError):
-    pass
+    return
+  if os.getppid() != int(parent):
+    os._exit(EXIT_LOST_COORDINATOR)  # pylint: disable=protected-access
 
 
 def run(argv: Sequence[str]) -> int:
   """Runs `jax3d ARGV` as a child process with stderr relayed; returns the exit code."""
-  env = dict(os.environ, **{ENV: "1"})
+  env = dict(os.environ, **{ENV: str(os.getpid())})
   child = subprocess.Popen([sys.executable, "-m", "jax3d", *argv], env=env,
-                           stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                           stderr=subprocess.PIPE)
   out = sys.stderr
 
   def write(data: bytes) -> None:
@@ -148,4 +155,4 @@ def run(argv: Sequence[str]) -> int:
   return relay.finish(returncode)
 
 
-__all__ = ["run", "wanted", "Relay", "ENV"]
+__all__ = ["run", "wanted", "adopt", "Relay", "ENV"]
