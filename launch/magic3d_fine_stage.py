@@ -24,10 +24,7 @@ def main():
   run = json.load(open(os.path.join(src, "config.json")))["run"]
   method, cfg = registry.resolve("magic3d", None, overrides)
   system = registry.make_system(method, run["prompt"], cfg, priors.load_prior(run["prior"]))
-  state, _ = runner._restore(os.path.join(src, "coarse", "checkpoints"), system)  # pylint: disable=protected-access
-  with open(os.path.join(src, "coarse", "metrics.json")) as f:
-    levels = [p["mesh_level"] for p in json.load(f)["particles"]]
-  fine = system.next_stage(state, levels)
+  fine = runner.next_stage_from(system, os.path.join(src, system.stage))
   out = os.path.join(out_root, f"{tag}-{run['prompt'].replace(' ', '-')}")
   os.makedirs(out, exist_ok=True)
   summary, _ = runner._train_stage(  # pylint: disable=protected-access

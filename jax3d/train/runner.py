@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 import sys
+import time
 from typing import Any
 
 import jax
@@ -285,6 +285,15 @@ def _restore(checkpoints: str, system):
   return state, step
 
 
+def next_stage_from(system, first: str):
+  """The next stage of a staged `system`, built on its first stage's finished result in the
+  folder `first` (its final checkpoint and its metrics.json's mesh levels)."""
+  with open(os.path.join(first, "metrics.json")) as f:
+    summary = json.load(f)
+  state, _ = _restore(os.path.join(first, "checkpoints"), system)
+  return system.next_stage(state, _levels(summary, system.config.num_particles))
+
+
 def export_command(workdir: str, level: float | None = None) -> list[dict]:
   """Re-exports meshes and turntables from a run's latest checkpoint into final/ (for a
   staged method, from its last stage's, built on its first stage's final checkpoint)."""
@@ -303,10 +312,7 @@ def export_command(workdir: str, level: float | None = None) -> list[dict]:
     prior = priors.load_prior(run["prior"], dtype=run.get("dtype", "float32"))
     system = registry.make_system(run["method"], run["prompt"], cfg, prior)
     if hasattr(system, "next_stage"):
-      with open(os.path.join(first, "metrics.json")) as f:
-        coarse = json.load(f)
-      state, _ = _restore(os.path.join(first, "checkpoints"), system)
-      system = system.next_stage(state, _levels(coarse, system.config.num_particles))
+      system = next_stage_from(system, first)
     state, step = _restore(os.path.join(workdir, "checkpoints"), system)
     return export_all(system, state, step, os.path.join(workdir, "final"), level)
 
