@@ -188,7 +188,8 @@ class MeshStage(field_system.FieldSystem):
             jnp.maximum(count - f.max_faces, 0))
 
   def texture_fn(self, params) -> Callable[[jax.Array], jax.Array]:
-    return functools.partial(self._texture_base, self.coarse_blob, params["texture"])
+    """Colour at surface points: the particle's texture NeRF (a pytree, so it can cross jit)."""
+    return jax.tree_util.Partial(self._texture_base, self.coarse_blob, params["texture"])
 
   def rasterize(self, params, vertices, faces, neighbors, cam: cameras.Camera):
     return raster.render_mesh(vertices, faces, None, cam, self.background,
@@ -196,14 +197,20 @@ class MeshStage(field_system.FieldSystem):
                               capacity=self.config.fine.raster_capacity,
                               cull_backfaces=True, neighbors=neighbors)
 
+  def rasterize_views(self, params, cams: cameras.Camera, grid: dmtet.TetGrid):
+    """Training renders of cameras (V,): (raster outputs with leading V, the surface as
+    `surface` gives it)."""
+    vertices, faces, mask, dropped = self.surface(params, grid)
+    neighbors = raster.edge_neighbors(faces)
+    out = jax.vmap(lambda cam: self.rasterize(params, vertices, faces, neighbors, cam))(cams)
+    return out, (vertices, faces, mask, dropped)
+
   def particle_loss(self, params, shared_params, key, step, inputs):
     del shared_params
     cfg, f = self.config, self.config.fine
     k_cam, k_t, k_noise = jax.random.split(key, 3)
     cams, view = self.sample_views(k_cam)
-    vertices, faces, mask, dropped = self.surface(params, inputs["grid"])
-    neighbors = raster.edge_neighbors(faces)
-    out = jax.vmap(lambda cam: self.rasterize(params, vertices, faces, neighbors, cam))(cams)
+    out, (vertices, faces, mask, dropped) = self.rasterize_views(params, cams, inputs["grid"])
     t = timesteps_lib.sample(k_t, cfg.guidance.timesteps, self.prior.num_train_timesteps,
                              view.shape, step)
     cond, uncond, plain = self.guidance_embeddings(inputs["conds"], view)
@@ -231,14 +238,8 @@ class MeshStage(field_system.FieldSystem):
     g = self.config.guidance
     grid = self.inputs["grid"]
 
-    def render(params, k):
-      del k
-      vertices, faces, _, _ = self.surface(params, grid)
-      neighbors = raster.edge_neighbors(faces)
-      return jax.vmap(lambda c: self.rasterize(params, vertices, faces, neighbors, c))(
-          cams)["rgb"]
     return base.StepParts(
-        render=render,
+        render=lambda params, k: self.rasterize_views(params, cams, grid)[0]["rgb"],
         guidance=lambda pp, x0, k: sds.sds_residual(
             self.prior, pp, k, x0, t, cond, uncond, g.scale, plain=plain,
             view_scale=g.view_scale)[0])
@@ -284,8 +285,7 @@ class MeshStage(field_system.FieldSystem):
     if faces.shape[0] == 0:
       raise UserError("the fine stage's SDF has no zero crossing (an empty mesh); rerun the "
                       "coarse stage or lower fine.sdf_level")
-    colors = mesh_lib.evaluate_points(
-        jax.tree_util.Partial(self._texture_base, self.coarse_blob, params["texture"]), vertices)
+    colors = mesh_lib.evaluate_points(self.texture_fn(params), vertices)
     return mesh_lib.MeshData(vertices=vertices, faces=faces,
                              colors=np.clip(colors, 0.0, 1.0).astype(np.float32), level=0.0,
                              level_rule="the fine stage's SDF zero set (marching tetrahedra)")
