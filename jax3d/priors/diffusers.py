@@ -580,9 +580,9 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
       raise UserError(f"{root} has no {sub}/ subfolder" +
                       (" (model_index.json lists it)" if sub in listed else ""))
   # Locate every weight file first: cheap, and refuses pickle-only folders before any work.
-  unet_format = ".safetensors"
-  for sub in ("unet", "text_encoder") + (("vae",) if latent else ()):
-    if random_seed is None:
+  unet_format = None  # random weights: no files, so PyTorch numerics unless model_index says
+  if random_seed is None:
+    for sub in ("unet", "text_encoder") + (("vae",) if latent else ()):
       weights = find_weight_files(root / sub, allow_pickle)
       if sub == "unet":
         unet_format = weights[0].suffix
@@ -621,11 +621,12 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
                     f"vocab_size is {tcfg.vocab_size}")
   max_length = int(min(tokenizer.model_max_length, tcfg.max_position_embeddings))
 
-  seeds = iter(range(3))
+  components = ("unet", "text_encoder", "vae")
 
   def state(component, shapes, library, prefix=""):
-    if random_seed is not None:
-      return random_params(shapes(), 3 * random_seed + next(seeds), jdtype), None
+    if random_seed is not None:  # a seed of its own per component
+      seed = len(components) * random_seed + components.index(component)
+      return random_params(shapes(), seed, jdtype), None
     return _load_state(root / component, shapes, library, allow_pickle, prefix)
 
   params, to_cache = {}, {}

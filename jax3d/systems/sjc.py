@@ -154,7 +154,8 @@ class SJC(field_system.FieldSystem):
     loss_opacity = regularizers.opacity_loss(out["opacity"], r.opacity_kind)
     loss = loss + r.opacity * loss_opacity
     metrics = {"loss": loss, "loss_sjc": loss_sjc, "loss_emptiness": loss_empty,
-               "loss_center_depth": loss_depth, "loss_opacity": loss_opacity, "mean_opacity": jnp.mean(out["opacity"]),
+               "loss_center_depth": loss_depth, "loss_opacity": loss_opacity,
+               "mean_opacity": jnp.mean(out["opacity"]),
                "sigma": jnp.mean(aux["sigma"]), "residual_norm": aux["residual_norm"]}
     return loss, (metrics, None)
 
