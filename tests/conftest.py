@@ -1,11 +1,14 @@
-"""Makes plain `pytest` run as CI does: 4 forced CPU devices, a compilation cache, and float32
-matmuls at full precision for comparisons against references. Must run before jax is imported."""
+"""Makes plain `pytest` run as CI does: 4 forced CPU devices, a compilation cache, no prior cache
+in the home folder, and float32 matmuls at full precision for comparisons against references.
+Must run before jax is imported."""
 
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests that use the prior cache point it at their own folder; no test writes to ~/.cache.
+os.environ.setdefault("JAX3D_PRIOR_CACHE", "off")
 
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 

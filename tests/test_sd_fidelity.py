@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from jax3d import cli
 from jax3d.errors import UserError
@@ -119,11 +120,22 @@ def test_a_good_load_prints_nothing(tmp_path, capfd):
   assert out == "" and err == "", err
 
 
+def _mapped_ranges(folder: pathlib.Path) -> list[tuple[int, int]]:
+  """Address ranges this process has mapped from files in `folder` (Linux /proc/self/maps)."""
+  ranges = []
+  for line in pathlib.Path("/proc/self/maps").read_text().splitlines():
+    fields = line.split(maxsplit=5)
+    if len(fields) == 6 and fields[5].startswith(str(folder)):
+      lo, hi = (int(v, 16) for v in fields[0].split("-"))
+      ranges.append((lo, hi))
+  return ranges
+
+
 def test_the_prior_cache_loads_the_same_params_and_misses_an_edited_folder(tmp_path,
                                                                            monkeypatch):
   """With $JAX3D_PRIOR_CACHE the first load writes each component in Flax layout, the second
-  reads it back (no conversion, no shape check) with the same params; touching a weight file
-  or editing a config misses."""
+  maps it (no conversion, no shape check, no copy) with the same params; touching a weight
+  file or editing a config misses."""
   folder = _copy(tmp_path)
   cache = tmp_path / "cache"
   monkeypatch.setenv(sd_loader.CACHE_ENV, str(cache))
@@ -137,8 +149,41 @@ def test_the_prior_cache_loads_the_same_params_and_misses_an_edited_folder(tmp_p
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   ref = np.load(folder / "reference.npz")
   assert _rel(_eps(second, ref, 1.0), ref["eps64_cond"]) < 1e-5
+  # A hit copies nothing: every array whose size the cache file aligns is used in place.
+  mapped = _mapped_ranges(cache)
+  aligned = [x for x in jax.tree.leaves(second.params) if x.nbytes % sd_loader.ALIGNMENT == 0]
+  assert len(aligned) > 0.9 * len(jax.tree.leaves(second.params))
+  for x in aligned:
+    assert any(lo <= x.unsafe_buffer_pointer() < hi for lo, hi in mapped)
   weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
   os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
   with pytest.raises(TypeError):  # the stub converter ran: the UNet missed
     sd_loader.load_diffusers_prior(folder)
   assert calls
+
+
+def test_cache_files_are_safetensors_and_the_cache_folder_follows_the_environment(
+    tmp_path, monkeypatch):
+  """The cache writer's files read back with the safetensors library itself (bf16 and ints
+  too); the cache lives in $JAX3D_PRIOR_CACHE, else under $XDG_CACHE_HOME, and "off" has none."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  arrays = {"a.kernel": rng.normal(size=(3, 5)).astype(np.float32),
+            "b": rng.normal(size=(7,)).astype(ml_dtypes.bfloat16),
+            "c": np.arange(5, dtype=np.int64), "d": np.zeros((0, 2), np.float32)}
+  path = tmp_path / "x.safetensors"
+  sd_loader.write_safetensors(path, arrays, {"format": "flax"})
+  back = safetensors.numpy.load_file(str(path))
+  assert set(back) == set(arrays)
+  for k, v in arrays.items():
+    assert back[k].dtype == v.dtype and back[k].shape == v.shape
+    np.testing.assert_array_equal(back[k], v)
+  mine, fmt = sd_loader._read_safetensors(path)  # pylint: disable=protected-access
+  assert fmt == "flax" and all(np.array_equal(mine[k], arrays[k]) for k in arrays)
+  monkeypatch.delenv(sd_loader.CACHE_ENV)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert sd_loader.cache_dir() == tmp_path / "xdg" / "jax3d" / "priors"
+  monkeypatch.setenv(sd_loader.CACHE_ENV, str(tmp_path / "mine"))
+  assert sd_loader.cache_dir() == tmp_path / "mine"
+  monkeypatch.setenv(sd_loader.CACHE_ENV, "off")
+  assert sd_loader.cache_dir() is None

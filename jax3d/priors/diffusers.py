@@ -21,6 +21,7 @@ All diffusers/transformers imports of jax3d live in `jax3d.priors`.
 
 from __future__ import annotations
 
+from concurrent import futures
 import contextlib
 import hashlib
 import json
@@ -33,7 +34,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors.numpy
 from flax import serialization
 from flax import traverse_util
 
@@ -63,10 +63,16 @@ _REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
 # How a UNet computes: as PyTorch diffusers (exact GELU, eps 1e-6 in Transformer2D) or as the
 # diffusers Flax classes; model_index.json's jax3d.numerics, else by the weights' format.
 NUMERICS = ("pytorch", "flax")
-# A folder for converted weights (Flax names and layout, memory-mapped on later loads); unset:
-# no cache.
+# Where converted weights are kept (Flax names and layout, memory-mapped on later loads):
+# $JAX3D_PRIOR_CACHE, else $XDG_CACHE_HOME/jax3d/priors (~/.cache/jax3d/priors); "off": none.
 CACHE_ENV = "JAX3D_PRIOR_CACHE"
+CACHE_OFF = "off"
 CACHE_FORMAT = 1
+# Byte alignment of the arrays in cache files (XLA:CPU's for using host memory in place).
+ALIGNMENT = 64
+# Host-to-device copies run on this many threads: the transposing copy releases the GIL, and
+# an SD v1.5 UNet's goes from 3.3 s to 2.0 s on 2 cores (docs/results.md, "Loading").
+TRANSFER_THREADS = 2
 TORCH_TRANSFORMER_NORM_EPS = 1e-6
 
 
@@ -100,16 +106,34 @@ def resolve_dtype(dtype: str | Any) -> Any:
   return dtype
 
 
+def _cast(x: Any, dtype: Any) -> np.ndarray:
+  x = np.asarray(x)
+  if np.issubdtype(x.dtype, np.floating) or x.dtype == jnp.bfloat16:
+    return x.astype(dtype, copy=False)
+  return x
+
+
 def cast_floating(tree: Any, dtype: Any) -> Any:
   """Every floating-point leaf of a pytree cast to `dtype` (diffusers' `to_bf16` is broken on
   jax 0.10), integer leaves left alone, in NumPy, then put on the default device in one
   `device_put` (a per-leaf `jnp.asarray` costs a dispatch per array)."""
-  def cast(x):
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating) or x.dtype == jnp.bfloat16:
-      return x.astype(dtype, copy=False)
-    return x
-  return jax.device_put(jax.tree.map(cast, tree))
+  return jax.device_put(jax.tree.map(lambda x: _cast(x, dtype), tree))
+
+
+def put_async(pool: futures.Executor, tree: Any, dtype: Any) -> Callable[[], Any]:
+  """Starts `cast_floating(tree, dtype)` as `TRANSFER_THREADS` interleaved shares of the
+  leaves on `pool`; returns the function that waits for it and gives the tree."""
+  leaves, treedef = jax.tree.flatten(tree)
+  parts = [pool.submit(cast_floating, leaves[i::TRANSFER_THREADS], dtype)
+           for i in range(TRANSFER_THREADS)]
+
+  def result():
+    shares = [part.result() for part in parts]
+    out = [None] * len(leaves)
+    for i, share in enumerate(shares):
+      out[i::TRANSFER_THREADS] = share
+    return jax.tree.unflatten(treedef, out)
+  return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,8 +187,9 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
 
 
 def _read_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
-  """(name -> array, the file's `format` metadata) with every array a read-only view of the
-  memory-mapped file: nothing is copied until the arrays are put on a device.
+  """(name -> array, the file's `format` metadata) with every array a view of the file mapped
+  copy-on-write: nothing is read until used, and nothing written reaches the file (an aligned
+  view put on a CPU device is used in place, and XLA may write into buffers it is given).
 
   The layout: an 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape,
   data_offsets: [begin, end]}, "__metadata__": {...}}, then the data, offsets relative to it.
@@ -184,7 +209,7 @@ def _read_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
     raise bad("the header is not a JSON object")
   meta = header.pop("__metadata__", None) or {}
   data_size = size - 8 - n
-  data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if data_size else None
+  data = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + n) if data_size else None
   arrays = {}
   for name, info in header.items():
     try:
@@ -297,7 +322,8 @@ def load_state(folder: pathlib.Path, shapes: Any, library: str, allow_pickle: bo
 def _load_state(folder, shapes, library, allow_pickle=False, base_model_prefix=""):
   """`load_state`, and the cache file to write (None when read from it or caching is off)."""
   paths = find_weight_files(folder, allow_pickle)
-  cached = cache_file(folder, paths)
+  # Flax msgpack weights are stored as they are used: nothing to convert, nothing to cache.
+  cached = None if paths[0].suffix == ".msgpack" else cache_file(folder, paths)
   if cached is not None and cached.is_file():
     try:
       arrays, _ = _read_safetensors(cached)
@@ -329,21 +355,63 @@ def _load_state(folder, shapes, library, allow_pickle=False, base_model_prefix="
   return traverse_util.unflatten_dict({k: flat[k] for k in flat_shapes}), cached
 
 
+def cache_dir() -> pathlib.Path | None:
+  """The prior cache's folder: $JAX3D_PRIOR_CACHE, else $XDG_CACHE_HOME/jax3d/priors (default
+  ~/.cache/jax3d/priors); None when $JAX3D_PRIOR_CACHE is "off"."""
+  root = os.environ.get(CACHE_ENV)
+  if root == CACHE_OFF:
+    return None
+  if root:
+    return pathlib.Path(root).expanduser()
+  xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+  return pathlib.Path(xdg).expanduser() / "jax3d" / "priors"
+
+
 def cache_file(folder: pathlib.Path, weight_files: Sequence[pathlib.Path]
                ) -> pathlib.Path | None:
-  """Where `$JAX3D_PRIOR_CACHE` keeps this component's weights in Flax names and layout
-  (None when the variable is unset): keyed by its config.json and its weight files' paths,
-  sizes and modification times, so an edited folder misses. A hit is read memory-mapped with
-  no conversion and no shape check (it was checked when written)."""
-  root = os.environ.get(CACHE_ENV)
-  if not root:
+  """Where the prior cache keeps this component's weights in Flax names and layout (None when
+  it is off): keyed by its config.json and its weight files' paths, sizes and modification
+  times, so an edited folder misses. A hit is read memory-mapped with no conversion and no
+  shape check (it was checked when written)."""
+  root = cache_dir()
+  if root is None:
     return None
   digest = hashlib.sha256(f"jax3d prior cache {CACHE_FORMAT}\n".encode())
   digest.update((folder / "config.json").read_bytes())
   for path in weight_files:
     st = path.stat()
     digest.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-  return pathlib.Path(root).expanduser() / f"{digest.hexdigest()[:40]}.safetensors"
+  return root / f"{digest.hexdigest()[:40]}.safetensors"
+
+
+def write_safetensors(path: pathlib.Path, arrays: dict[str, Any],
+                      metadata: dict[str, str] | None = None) -> None:
+  """`arrays` as a safetensors file (the layout `_read_safetensors` reads), written array by
+  array from their own buffers: no second copy of the whole file in memory.
+
+  The data starts on a multiple of ALIGNMENT bytes and arrays whose sizes are multiples of it
+  come first (the format allows no gaps), so those (every large SD array) stay aligned in a
+  memory map, which lets XLA:CPU use them in place: `device_put` of an aligned, memory-mapped
+  array copies nothing.
+  """
+  names = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+  header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+  contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+  order = sorted(contiguous, key=lambda name: contiguous[name].nbytes % ALIGNMENT != 0)
+  views, offset = [], 0
+  for name in order:
+    a = contiguous[name]
+    header[name] = {"dtype": names[a.dtype.type], "shape": list(a.shape),
+                    "data_offsets": [offset, offset + a.nbytes]}
+    views.append(a)
+    offset += a.nbytes
+  text = json.dumps(header, separators=(",", ":")).encode()
+  text += b" " * (-(8 + len(text)) % ALIGNMENT)
+  with open(path, "wb") as f:
+    f.write(len(text).to_bytes(8, "little"))
+    f.write(text)
+    for a in views:
+      f.write(memoryview(a.reshape(-1).view(np.uint8)))
 
 
 def _write_cache(path: pathlib.Path, tree: Any) -> None:
@@ -353,7 +421,7 @@ def _write_cache(path: pathlib.Path, tree: Any) -> None:
   tmp = path.with_name(path.name + f".tmp{os.getpid()}")
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.numpy.save_file(flat, str(tmp), metadata={"format": "flax"})
+    write_safetensors(tmp, flat, {"format": "flax"})
     os.replace(tmp, path)
   except OSError:
     tmp.unlink(missing_ok=True)
@@ -623,11 +691,18 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
 
   components = ("unet", "text_encoder", "vae")
 
+  # Each component's host-to-device copy runs on `pool` while the next one's initializer is
+  # traced for its shapes.
+  pool = futures.ThreadPoolExecutor(TRANSFER_THREADS)
+  stored = set()
+
   def state(component, shapes, library, prefix=""):
     if random_seed is not None:  # a seed of its own per component
       seed = len(components) * random_seed + components.index(component)
       return random_params(shapes(), seed, jdtype), None
-    return _load_state(root / component, shapes, library, allow_pickle, prefix)
+    tree, cached = _load_state(root / component, shapes, library, allow_pickle, prefix)
+    stored.update(np.asarray(x).dtype for x in jax.tree.leaves(tree))
+    return put_async(pool, tree, jdtype), cached
 
   params, to_cache = {}, {}
   params["unet"], to_cache["unet"] = state("unet", unet_shapes, "diffusers")
@@ -649,11 +724,10 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
       raise UserError(f"{root}: a pixel-space prior (no vae/) needs a UNet with 3 in_channels, "
                       f"not {ucfg.in_channels}")
     vae, resolution, scaling = None, int(ucfg.sample_size), 1.0
-  stored = ({np.asarray(x).dtype for x in jax.tree.leaves(params)}
-            if any(p is not None for p in to_cache.values()) else None)
   if random_seed is None:
-    params = cast_floating(params, jdtype)
-  if stored and stored <= {np.dtype(jdtype), np.dtype(np.int32), np.dtype(np.int64)}:
+    params = {component: result() for component, result in params.items()}
+  pool.shutdown()
+  if stored <= {np.dtype(jdtype), np.dtype(np.int32), np.dtype(np.int64)}:
     for component, path in to_cache.items():  # from the device: laid out, no host transposes
       if path is not None:
         _write_cache(path, params[component])
