@@ -33,7 +33,8 @@ def get_config(preset=None):
           resolution=64, channels=3, bound=1.0, radius=0.0,
           density_shift=-1.0,  # official: density_shift -1 with softplus
           density_activation="softplus", feature_activation="sigmoid",
-          feature_init_scale=1.0)),
+          feature_init_scale=1.0,
+          density_beta=0.03, init_radius=0.0)),  # "laplace" (VolSDF) activation; start ball
       nerf=_common.nerf_field()))
   c.render = ml_collections.ConfigDict(dict(num_samples=64, bound=1.0, stratified=True,
                                             min_near=0.0))
@@ -49,9 +50,11 @@ def get_config(preset=None):
       emptiness_step=0.5, emptiness_multiplier=20.0,  # official: x20 from halfway
       center_depth_weight=0.0,  # official depth_weight 0 (off)
       center_depth_border=7 / 64,  # official: the outer 7 of 64 pixels
-      opacity=0.0, opacity_kind="entropy"))  # not in the official code
+      opacity=0.0, opacity_kind="entropy",  # not in the official code
+      eikonal=0.0))  # for a "laplace" (signed-distance) voxel grid; not in the official code
   c.optim = ml_collections.ConfigDict(dict(
       name="adamax", lr_grid=0.05, lr_mlp=0.05,  # official: Adamax, lr 0.05
+      lr_density=0.0,  # the voxel density's own lr; 0: lr_grid (official)
       b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0))
   _common.add_runner(c)
 

@@ -132,3 +132,45 @@ def test_bad_config_is_user_error():
   assert configuration.typed(voxel.VoxelConfig, given) == config(resolution=8)
   with pytest.raises(UserError, match="unknown config key 'field.voxel.colour'"):
     configuration.typed(voxel.VoxelConfig, dict(given, colour=3), "field.voxel")
+
+
+def test_laplace_density_is_volsdf():
+  """σ = Ψ_β(s)/β, Ψ_β the Laplace(0, β) CDF: the integral of its density (VolSDF Eq. 2–3)."""
+  beta = 0.05
+  s = np.linspace(-0.4, 0.4, 17)
+  fine = np.linspace(-2.0, 0.4, 240_001)
+  pdf = np.exp(-np.abs(fine) / beta) / (2 * beta)
+  cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(fine))])
+  want = np.interp(s, fine, cdf) / beta
+  np.testing.assert_allclose(voxel.laplace_density(jnp.asarray(s), beta), want, rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(voxel.laplace_density(jnp.zeros(()), beta), 0.5 / beta)
+
+
+def test_init_radius_starts_from_a_ball():
+  cfg = config(resolution=9, channels=3, density_shift=0.0, density_activation="laplace",
+               density_beta=0.05, init_radius=0.5, feature_activation="sigmoid")
+  p = voxel.init(jax.random.PRNGKey(0), cfg)
+  verts = np.asarray(voxel.vertex_positions(cfg))
+  np.testing.assert_allclose(p["density"], 0.5 - np.linalg.norm(verts, axis=-1), atol=1e-6)
+  on_surface = jnp.array([[0.5, 0.0, 0.0], [0.0, 0.0, -0.5]])  # on grid lines: exact there
+  np.testing.assert_allclose(voxel.query(p, on_surface, cfg)["density"], [10.0, 10.0],
+                             rtol=1e-5)
+  inside = voxel.query(p, jnp.zeros((1, 3)), cfg)["density"]
+  np.testing.assert_allclose(inside, [(1 - 0.5 * np.exp(-10.0)) / 0.05], rtol=1e-5)
+  with pytest.raises(UserError, match="density_beta"):
+    config(density_beta=0.0)
+
+
+def test_eikonal_loss_of_distance_fields():
+  cfg = config(resolution=11, channels=1)
+  x = np.asarray(voxel.vertex_positions(cfg))
+  n = np.array([2.0, -1.0, 2.0]) / 3.0
+  plane = x @ n - 0.2  # an exact signed distance: |∇| = 1 everywhere
+  assert float(voxel.eikonal_loss(jnp.asarray(plane), 1.0)) < 1e-10
+  np.testing.assert_allclose(voxel.eikonal_loss(jnp.asarray(3.0 * plane), 1.0), 4.0,
+                             rtol=1e-5)  # |∇| = 3
+  # A sphere's distance about an off-grid centre, whose kink no interior vertex straddles
+  # exactly: the central differences of |x − c| stay close to unit length.
+  sphere = np.linalg.norm(x - np.array([0.05, 0.03, -0.02]), axis=-1)
+  assert float(voxel.eikonal_loss(jnp.asarray(sphere), 1.0)) < 0.02

@@ -7,8 +7,9 @@ A field with `cfg.radius` > 0 has no density outside the ball |x| <= radius: the
 cameras frame a ball of about distance·sin(fov/2) around the origin, and density farther out is
 seen by few views, in front of or behind the object, where a distillation loss cannot tell it
 from the object (docs/results.md, "Unseen geometry").
-`labels(params)` tags each leaf "grid" (hash tables, voxel values: the high learning rate) or
-"mlp" (the low one), which the systems' optimizers read; `normal_eps` is the central-difference
+`labels(params)` tags each leaf "grid" (hash tables, voxel features: the high learning rate),
+"mlp" (the low one) or "density" (a voxel grid's: its own, if set), which the systems'
+optimizers read; `normal_eps` is the central-difference
 step of render normals and `bound` the half size of the scene cube the field fills.
 """
 
@@ -100,7 +101,7 @@ class VoxelField:
     return in_ball(voxel.query(params, x, self.cfg)["density"], x, self.cfg.radius)
 
   def labels(self, params) -> Any:
-    return jax.tree.map(lambda _: "grid", params)
+    return {"density": "density", "features": "grid"}
 
   @property
   def normal_eps(self) -> float:

@@ -7,6 +7,14 @@ and C feature channels; a query point gets their trilinear interpolation, then
   features = feature_activation(raw_features)
 SJC's official setting is R = 100, density_shift = −1 with softplus, and C = 4 raw channels
 (Stable Diffusion latents, rendered and decoded by the VAE) or C = 3 RGB through a sigmoid.
+
+The "laplace" activation reads the raw value as a negated signed distance s = −d (positive
+inside) and gives VolSDF's density (Yariv et al. 2021, Eq. 2–3):
+  σ = (1/β) Ψ_β(s),  Ψ_β(s) = ½ exp(s/β) for s ≤ 0, 1 − ½ exp(−s/β) for s > 0,
+the CDF of a zero-mean Laplace distribution of scale β: an opaque solid of density 1/β
+inside, falling to zero within a few β of the surface, so the field cannot stay a translucent
+blob. `init_radius` > 0 starts every activation from the ball of that radius (raw value
+r − |x|, the sphere's negated distance) instead of zero.
 (SJC samples its grid with `grid_sample`'s cell-centred convention; here vertices sit on the
 cube's corners, so a grid value is returned exactly at its vertex.) Points outside the cube
 take the value at the nearest point of the cube.
@@ -28,7 +36,7 @@ import numpy as np
 
 from jax3d.errors import UserError
 
-DENSITY_ACTIVATIONS = ("softplus", "exp", "relu")
+DENSITY_ACTIVATIONS = ("softplus", "exp", "relu", "laplace")
 FEATURE_ACTIVATIONS = ("identity", "sigmoid")
 
 Params = dict[str, Any]
@@ -45,6 +53,8 @@ class VoxelConfig:
   density_activation: str  # one of DENSITY_ACTIVATIONS
   feature_activation: str  # one of FEATURE_ACTIVATIONS; "sigmoid" for RGB
   feature_init_scale: float
+  density_beta: float = 0.03  # β of the "laplace" activation, in world units
+  init_radius: float = 0.0  # > 0: the raw density starts as init_radius − |x|
 
   def __post_init__(self):
     if self.resolution < 2 or self.channels < 1:
@@ -53,6 +63,9 @@ class VoxelConfig:
     if self.bound <= 0 or self.radius < 0:
       raise UserError(f"voxel bound must be positive and radius >= 0, got {self.bound} and "
                       f"{self.radius}")
+    if self.density_beta <= 0 or self.init_radius < 0:
+      raise UserError(f"voxel density_beta must be positive and init_radius >= 0, got "
+                      f"{self.density_beta} and {self.init_radius}")
     if self.density_activation not in DENSITY_ACTIVATIONS:
       raise UserError(f"unknown voxel density_activation {self.density_activation!r}; choose "
                       f"one of {', '.join(DENSITY_ACTIVATIONS)}")
@@ -75,9 +88,12 @@ def memory_bytes(cfg: VoxelConfig) -> int:
 
 
 def init(key: jax.Array, cfg: VoxelConfig) -> Params:
-  """Zero raw density and N(0, feature_init_scale²) features."""
+  """Zero raw density (or init_radius − |x|) and N(0, feature_init_scale²) features."""
   r = cfg.resolution
-  return {"density": jnp.zeros((r, r, r), jnp.float32),
+  density = jnp.zeros((r, r, r), jnp.float32)
+  if cfg.init_radius > 0:
+    density = cfg.init_radius - jnp.linalg.norm(vertex_positions(cfg), axis=-1)
+  return {"density": density,
           "features": cfg.feature_init_scale * jax.random.normal(
               key, (r, r, r, cfg.channels), jnp.float32)}
 
@@ -104,6 +120,27 @@ def interpolate(grid: jax.Array, x: jax.Array, bound: float) -> jax.Array:
   return out
 
 
+def laplace_density(s: jax.Array, beta: float) -> jax.Array:
+  """VolSDF's σ = (1/β) Ψ_β(s) of a negated signed distance s (Eq. 2–3)."""
+  half = 0.5 * jnp.exp(-jnp.abs(s) / beta)
+  return jnp.where(s > 0, 1.0 - half, half) / beta
+
+
+def eikonal_loss(grid: jax.Array, bound: float) -> jax.Array:
+  """mean (‖∇s‖ − 1)² over the interior vertices of a (R, R, R) grid of (negated) signed
+  distances, ∇ by central differences (the eikonal term of IGR, Gropp et al. 2020, Eq. 2):
+  keeps a "laplace" grid a distance field, so its surface stays smooth and its density a
+  thin shell of width ~β."""
+  h = 2.0 * bound / (grid.shape[0] - 1)
+  grads = []
+  for axis in range(3):
+    ahead = tuple(slice(2, None) if a == axis else slice(1, -1) for a in range(3))
+    behind = tuple(slice(None, -2) if a == axis else slice(1, -1) for a in range(3))
+    grads.append((grid[ahead] - grid[behind]) / (2.0 * h))
+  norm = jnp.sqrt(sum(g**2 for g in grads) + 1e-12)
+  return jnp.mean((norm - 1.0)**2)
+
+
 def query(params: Params, x: jax.Array, cfg: VoxelConfig) -> dict[str, jax.Array]:
   """Density (...,) and features (..., C) at world points x (..., 3)."""
   chex.assert_axis_dimension(x, -1, 3)
@@ -112,6 +149,8 @@ def query(params: Params, x: jax.Array, cfg: VoxelConfig) -> dict[str, jax.Array
     sigma = jax.nn.softplus(raw_density)
   elif cfg.density_activation == "exp":
     sigma = jnp.exp(raw_density)
+  elif cfg.density_activation == "laplace":
+    sigma = laplace_density(raw_density, cfg.density_beta)
   else:
     sigma = jax.nn.relu(raw_density)
   features = interpolate(params["features"], x, cfg.bound)
@@ -120,5 +159,5 @@ def query(params: Params, x: jax.Array, cfg: VoxelConfig) -> dict[str, jax.Array
   return {"density": sigma, "features": features}
 
 
-__all__ = ["VoxelConfig", "init", "query", "interpolate", "memory_bytes", "num_params",
+__all__ = ["VoxelConfig", "init", "query", "laplace_density", "eikonal_loss", "interpolate", "memory_bytes", "num_params",
            "vertex_positions"]

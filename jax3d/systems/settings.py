@@ -44,7 +44,8 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """Adam or Adamax with one learning rate for grid-like leaves and one for MLP leaves."""
+  """Adam or Adamax with one learning rate for grid-like leaves and one for MLP leaves (and,
+optionally, one for a voxel grid's density)."""
   name: str  # one of OPTIMIZERS
   lr_grid: float
   lr_mlp: float
@@ -52,6 +53,7 @@ class OptimConfig:
   b2: float
   eps: float
   grad_clip: float  # global-norm clipping; 0 = off
+  lr_density: float = 0.0  # leaves labelled "density" (a voxel grid's); 0 = lr_grid
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
@@ -59,13 +61,14 @@ class OptimConfig:
 
 
 def make_optimizer(cfg: OptimConfig, labels) -> optax.GradientTransformation:
-  """The configured optimizer; `labels` (params -> tree of "grid" | "mlp") picks each leaf's
-  learning rate."""
+  """The configured optimizer; `labels` (params -> tree of "grid" | "mlp" | "density") picks
+  each leaf's learning rate."""
   def one(lr):
     if cfg.name == "adamax":
       return optax.adamax(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-  tx = optax.multi_transform({"grid": one(cfg.lr_grid), "mlp": one(cfg.lr_mlp)}, labels)
+  tx = optax.multi_transform({"grid": one(cfg.lr_grid), "mlp": one(cfg.lr_mlp),
+                              "density": one(cfg.lr_density or cfg.lr_grid)}, labels)
   if cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx

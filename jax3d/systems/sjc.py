@@ -54,6 +54,7 @@ class Regularizers:
   center_depth_border: float
   opacity: float
   opacity_kind: str  # regularizers.OPACITY_LOSS_KINDS
+  eikonal: float = 0.0  # weight of voxel.eikonal_loss on a "laplace" voxel grid
 
   def __post_init__(self):
     if self.opacity_kind not in regularizers.OPACITY_LOSS_KINDS:
@@ -107,6 +108,9 @@ def _field(config: Config, prior: Prior) -> radiance.Field:
     if not latent and field.cfg.feature_activation != "sigmoid":
       raise UserError("an RGB voxel field needs field.voxel.feature_activation='sigmoid' "
                       "(colours in [0, 1])")
+  if config.regularizers.eikonal > 0 and not isinstance(field, radiance.VoxelField):
+    raise UserError("regularizers.eikonal works on a voxel grid (field.kind='voxel'); set it to 0 "
+                    "for the NeRF field")
   camera = config.camera
   if latent and (camera.height, camera.width) != tuple(prior.latent_shape[:2]):
     raise UserError(f"latent renders must match the prior's latent size "
@@ -153,8 +157,13 @@ class SJC(field_system.FieldSystem):
       loss = loss + r.center_depth_weight * loss_depth
     loss_opacity = regularizers.opacity_loss(out["opacity"], r.opacity_kind)
     loss = loss + r.opacity * loss_opacity
+    loss_eikonal = jnp.zeros(())
+    if r.eikonal > 0:
+      loss_eikonal = voxel.eikonal_loss(params["density"], self.field.bound)
+      loss = loss + r.eikonal * loss_eikonal
     metrics = {"loss": loss, "loss_sjc": loss_sjc, "loss_emptiness": loss_empty,
                "loss_center_depth": loss_depth, "loss_opacity": loss_opacity,
+               "loss_eikonal": loss_eikonal,
                "mean_opacity": jnp.mean(out["opacity"]),
                "sigma": jnp.mean(aux["sigma"]), "residual_norm": aux["residual_norm"]}
     return loss, (metrics, None)
