@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default=None,
                  help="`bench solids`/`step`: config PATH.py[:PRESET] (default: the method's); "
                       "override keys with --config.KEY=VALUE")
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                 help="`bench step`: the prior's parameter and compute dtype")
   p.add_argument("--sweep", default=None,
                  help="`bench step`: the values of the method's sweep to run, e.g. 4,8 (VSD's "
                       "particles; SJC's perturbations K)")

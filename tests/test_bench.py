@@ -43,7 +43,7 @@ def _git(*args) -> str:
 def test_bench_step_records_its_provenance_and_resolved_settings(prior_dir, tmp_path):
   out = tmp_path / "step.json"
   argv = ["bench", "step", "--quick", "--repeats", "1", "--prior", str(prior_dir),
-          *TINY, "--config.guidance.scale=7.5", "--out", str(out)]
+          *TINY, "--config.guidance.scale=7.5", "--dtype", "bfloat16", "--out", str(out)]
   assert cli.main(argv) == 0
   payload = json.loads(out.read_text())
   assert payload["command"].startswith("jax3d bench step --quick")
@@ -58,6 +58,7 @@ def test_bench_step_records_its_provenance_and_resolved_settings(prior_dir, tmp_
   assert s["overrides"] == [o[len("--config."):] for o in argv if o.startswith("--config.")]
   assert s["prior"] == str(prior_dir)
   assert s["weights_sha256"] == _sha256_of_weights(prior_dir)
+  assert s["dtype"] == "bfloat16"
   assert payload["rows"][0]["step_s"] > 0
 
 

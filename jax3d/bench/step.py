@@ -55,7 +55,8 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
   cfg.num_particles = 1
   spec = runner.resolve_prior(args.prior, cfg)
   t0 = time.perf_counter()
-  prior = priors.load_prior(spec)
+  dtype = getattr(args, "dtype", "float32")
+  prior = priors.load_prior(spec, dtype=dtype)
   jax.block_until_ready(prior.params)
   load_s = time.perf_counter() - t0
   repeats = repeats_of(args)
@@ -72,7 +73,7 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
   values = values[:2] if args.quick else values
   settings = {"method": method, "config": args.config or registry.entry(method).config,
               "overrides": list(args.overrides), **priors.describe(spec),
-              "prior_load_s": load_s, "prompt": PROMPT,
+              "dtype": dtype, "prior_load_s": load_s, "prompt": PROMPT,
               "sweep": None if sweep is None else {"label": label, "key": key,
                                                    "values": list(values)},
               "grid_label": (f"one particle, {PROMPT!r}; median of {repeats} runs, compile "
