@@ -47,6 +47,7 @@ def get_config(preset=None):
   else:
     c.num_particles = 4
     c.num_steps = 25000  # official stage-1 iterations
-    c.lora.remat = True  # the LoRA UNet's and the VAE encoder's activations at 512²
+    c.lora.remat = True  # the LoRA UNet's activations
+    c.guidance.remat_encoder = True  # the VAE encoder's activations at 512²
     c.guidance.timesteps.anneal_steps = 5000  # official t5_iters
   return c

@@ -141,3 +141,24 @@ def test_auto_view_labels_are_the_priors_and_the_config_names_the_prior():
 
 def prior_of_images(images):
   return analytic.analytic_prior(images, lambda p: np.ones(images.shape[0], bool))
+
+
+def test_remat_encoder_wraps_the_encoder_and_changes_no_gradient(prior, monkeypatch):
+  """`guidance.remat_encoder` puts the prior's encoder under jax.checkpoint in the particle
+  loss (a spy sees it while the loss is traced), and the step's gradient is the same."""
+  grads = []
+  for remat in (False, True):
+    c = tiny_config(1)
+    c.guidance.remat_encoder = remat
+    cfg = configuration.typed(dreamfusion.Config, c)
+    system = dreamfusion.DreamFusion("p", cfg, prior,
+                                     mesh=sharding.make_mesh(1, jax.devices()[:1]))
+    wrapped, checkpoint = [], jax.checkpoint
+    monkeypatch.setattr(jax, "checkpoint", lambda f, **kw: wrapped.append(f) or checkpoint(f, **kw))
+    params = system.init_particle(jax.random.key(0))
+    grads.append(jax.grad(lambda p: system.particle_loss(
+        p, None, jax.random.key(1), 0, system.inputs)[0])(params))
+    monkeypatch.setattr(jax, "checkpoint", checkpoint)
+    assert wrapped == ([prior.encode] if remat else [])
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

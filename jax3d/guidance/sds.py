@@ -9,7 +9,7 @@ stop-gradient target form 0.5‖x0 − sg(x0 − g)‖², whose gradient with re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import chex
 import jax
@@ -55,15 +55,17 @@ def surrogate_loss(x0: jax.Array, g: jax.Array) -> jax.Array:
 def sds_loss(prior: Prior, prior_params: Any, key: jax.Array, images: jax.Array,
              t: jax.Array, cond: jax.Array, uncond: jax.Array, guidance_scale,
              weighting: str = "dreamfusion", max_grad_norm: float | None = None,
-             plain: jax.Array | None = None,
-             view_scale=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             plain: jax.Array | None = None, view_scale=None,
+             encode: Callable[[Any, jax.Array], jax.Array] | None = None
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The SDS surrogate loss of rendered images (B, H, W, 3) in [0, 1].
 
   Its gradient with respect to x0 = encode(images) is g / B per element (mean over the
   batch, sum over pixels); through `encode` and the renderer it reaches the 3D parameters.
+  `encode` replaces `prior.encode` (e.g. rematerialised).
   """
   chex.assert_rank(images, 4)
-  x0 = prior.encode(prior_params, images)
+  x0 = (encode or prior.encode)(prior_params, images)
   g, aux = sds_residual(prior, prior_params, key, x0, t, cond, uncond, guidance_scale,
                         weighting, plain, view_scale)
   g = clip_residual(g, max_grad_norm)

@@ -34,6 +34,7 @@ class Guidance(field_system.ViewWords):
   scale: float  # classifier-free guidance
   max_grad_norm: float  # per-view residual clipping; 0 = off
   timesteps: timesteps_lib.TimestepConfig
+  remat_encoder: bool  # recompute the prior's encoder (SD's VAE) in the backward pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +127,15 @@ class DreamFusion(field_system.FieldSystem):
     del shared_params, cams
     g = self.config.guidance
     return sds.sds_loss(self.prior, inputs["prior"], key, images, t, cond, uncond, g.scale,
-                        g.timesteps.weighting, g.max_grad_norm or None, plain, g.view_scale)
+                        g.timesteps.weighting, g.max_grad_norm or None, plain, g.view_scale,
+                        self.encode)
+
+  @property
+  def encode(self):
+    """The prior's encoder, rematerialised when `guidance.remat_encoder` is set."""
+    if self.config.guidance.remat_encoder:
+      return jax.checkpoint(self.prior.encode)
+    return self.prior.encode
 
   def particle_outputs(self, aux, cams: cameras.Camera):
     """What the shared part sees of this particle's step (None: SDS has no shared part)."""

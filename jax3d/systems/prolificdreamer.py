@@ -43,9 +43,8 @@ class Lora:
   camera_drop: Annotated[float, Range(0, 1)]  # probability a camera is zeroed in its loss
   prediction: str  # "auto" (the prior's own), "epsilon" or "v_prediction": the loss's space
   merged: bool  # W + s·A·B inside the call (True) or the adapters applied beside W
-  # Recompute activations in the backward passes (jax.checkpoint) of the LoRA network's
-  # update and of the prior's encoder (a VAE for latent priors) in the particles' loss:
-  # less memory for one more forward of each.
+  # Recompute the LoRA network's activations in its update's backward pass (jax.checkpoint):
+  # less memory for one more forward (the encoder's: `guidance.remat_encoder`).
   remat: bool
 
   def __post_init__(self):
@@ -87,12 +86,9 @@ class ProlificDreamer(dreamfusion.DreamFusion):
                         cams: cameras.Camera):
     g = self.config.guidance
     lora_eps = self._lora_eps(inputs, shared_params, inputs["conds"]["plain"])
-    encode = self.prior.encode
-    if self.config.lora.remat:
-      encode = jax.checkpoint(encode)
     return vsd.vsd_loss(self.prior, inputs["prior"], lambda x_t, tt: lora_eps(x_t, tt, cams.c2w),
                         key, images, t, cond, uncond, g.scale, g.timesteps.weighting,
-                        g.max_grad_norm or None, plain, g.view_scale, encode)
+                        g.max_grad_norm or None, plain, g.view_scale, self.encode)
 
   def particle_outputs(self, aux, cams: cameras.Camera):
     return {"x0": jax.lax.stop_gradient(aux["x0"]), "c2w": cams.c2w}
