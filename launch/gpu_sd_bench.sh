@@ -11,19 +11,9 @@
 # five stages fit one 15-minute device session.
 set -uo pipefail
 out=${1:?usage: $0 OUT}
-py=${PYTHON:-python3}
 t=${STAGE_TIMEOUT:-170}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 JAX3D_PRIOR_CACHE=off
-$py -c 'import jax3d.configs' 2>/dev/null || ln -sfn ../configs jax3d/configs
-$py -c 'import jax; print(jax.__version__, jax.devices())' | tee "$out/device.txt"
-stage() {  # name, then the jax3d arguments
-  local name=$1 t0=$SECONDS
-  shift
-  timeout "$t" $py -m jax3d "$@" --out "$out/$name.json" >"$out/$name.log" 2>&1
-  echo "$name: exit $?, $((SECONDS - t0)) s" | tee -a "$out/device.txt"
-  tail -12 "$out/$name.log"
-}
+export JAX3D_PRIOR_CACHE=off
+source "$(dirname "$0")/bench_stages.sh"
 sd=(bench step --prior random:sd15 --repeats 5)
 stage step_sds_sd15 "${sd[@]}" --config dreamfusion:sd
 stage step_sds_sd15_bf16 "${sd[@]}" --config dreamfusion:sd --dtype bfloat16
