@@ -35,7 +35,9 @@ def get_config(preset=None):
   c.guidance = ml_collections.ConfigDict(dict(
       scale=100.0,  # DreamFusion uses a CFG scale of 100
       max_grad_norm=0.0,  # per-view residual clipping; 0 = off
-      remat_encoder=False,  # recompute the VAE encoder in the backward pass (latent priors)
+      # Recompute the VAE encoder in the backward pass: it did not lower SD's peak memory
+      # (docs/results.md, "bfloat16 and rematerialisation").
+      remat_encoder=False,
       timesteps=ml_collections.ConfigDict(dict(t_min=0.02, t_max=0.98, t_max_end=None,
                                                anneal_steps=0, anneal="linear",
                                                weighting="dreamfusion"))))
