@@ -143,10 +143,10 @@ def prior_of_images(images):
   return analytic.analytic_prior(images, lambda p: np.ones(images.shape[0], bool))
 
 
-def test_remat_encoder_wraps_the_encoder_and_changes_no_gradient(prior, monkeypatch):
+def test_remat_encoder_wraps_the_encoder(prior, monkeypatch):
   """`guidance.remat_encoder` puts the prior's encoder under jax.checkpoint in the particle
-  loss (a spy sees it while the loss is traced), and the step's gradient is the same."""
-  grads = []
+  loss (a spy sees it while the loss's gradient is traced); that checkpointing leaves the
+  encoder's gradient unchanged is tested on a latent SD pipeline in test_prolificdreamer."""
   for remat in (False, True):
     c = tiny_config(1)
     c.guidance.remat_encoder = remat
@@ -156,9 +156,7 @@ def test_remat_encoder_wraps_the_encoder_and_changes_no_gradient(prior, monkeypa
     wrapped, checkpoint = [], jax.checkpoint
     monkeypatch.setattr(jax, "checkpoint", lambda f, **kw: wrapped.append(f) or checkpoint(f, **kw))
     params = system.init_particle(jax.random.key(0))
-    grads.append(jax.grad(lambda p: system.particle_loss(
-        p, None, jax.random.key(1), 0, system.inputs)[0])(params))
+    jax.eval_shape(jax.grad(lambda p: system.particle_loss(
+        p, None, jax.random.key(1), 0, system.inputs)[0]), params)
     monkeypatch.setattr(jax, "checkpoint", checkpoint)
     assert wrapped == ([prior.encode] if remat else [])
-  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

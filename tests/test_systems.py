@@ -80,7 +80,7 @@ def get_config(preset=None):
       kind="nerf", nerf=_common.nerf_field(), voxel=ml_collections.ConfigDict(dict(
           resolution=8, channels=3, bound=1.0, radius=0.0, density_shift=0.0,
           density_activation="softplus", feature_activation="sigmoid",
-          feature_init_scale=1.0))))
+          feature_init_scale=1.0, density_beta=0.03, init_radius=0.0))))
   c.field.nerf.hashgrid.update(num_levels=2, log2_table_size=8, max_resolution=16)
   c.field.nerf.hidden_dim = 8
   c.render = ml_collections.ConfigDict(dict(num_samples=8, bound=1.0, stratified=True,
@@ -90,7 +90,8 @@ def get_config(preset=None):
   c.background = (1.0, 1.0, 1.0)
   c.grey = 0.5
   c.optim = ml_collections.ConfigDict(dict(name="adam", lr_grid=0.1, lr_mlp=0.1, b1=0.9,
-                                           b2=0.99, eps=1e-8, grad_clip=0.0))
+                                           b2=0.99, eps=1e-8, grad_clip=0.0,
+                                           lr_density=0.0))
   _common.add_runner(c)
   c.checkpoint_every = 2
   c.preview_every = 2
