@@ -17,3 +17,15 @@ _CACHE = os.environ.get("JAX3D_TEST_CACHE",
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# The longest test files (seconds in CI), started first: with --no-loadscope-reorder
+# (pyproject.toml) pytest-xdist hands whole files to its workers in collection order, so no
+# long file is left to run alone at the end (by default it orders files by their test count).
+LONGEST_FIRST = ("test_distributed.py", "test_prior_training.py", "test_magic3d.py",
+                 "test_runner.py", "test_prolificdreamer.py", "test_presets_sd.py",
+                 "test_systems.py", "test_bench_render.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
