@@ -55,7 +55,7 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
   cfg.num_particles = 1
   spec = runner.resolve_prior(args.prior, cfg)
   t0 = time.perf_counter()
-  dtype = getattr(args, "dtype", "float32")
+  dtype = args.dtype
   prior = priors.load_prior(spec, dtype=dtype)
   jax.block_until_ready(prior.params)
   load_s = time.perf_counter() - t0

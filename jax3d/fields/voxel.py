@@ -159,5 +159,5 @@ def query(params: Params, x: jax.Array, cfg: VoxelConfig) -> dict[str, jax.Array
   return {"density": sigma, "features": features}
 
 
-__all__ = ["VoxelConfig", "init", "query", "laplace_density", "eikonal_loss", "interpolate", "memory_bytes", "num_params",
-           "vertex_positions"]
+__all__ = ["VoxelConfig", "init", "query", "laplace_density", "eikonal_loss", "interpolate",
+           "memory_bytes", "num_params", "vertex_positions"]

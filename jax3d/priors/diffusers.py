@@ -398,20 +398,19 @@ def write_safetensors(path: pathlib.Path, arrays: dict[str, Any],
   header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
   contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
   order = sorted(contiguous, key=lambda name: contiguous[name].nbytes % ALIGNMENT != 0)
-  views, offset = [], 0
+  offset = 0
   for name in order:
     a = contiguous[name]
     header[name] = {"dtype": names[a.dtype.type], "shape": list(a.shape),
                     "data_offsets": [offset, offset + a.nbytes]}
-    views.append(a)
     offset += a.nbytes
   text = json.dumps(header, separators=(",", ":")).encode()
   text += b" " * (-(8 + len(text)) % ALIGNMENT)
   with open(path, "wb") as f:
     f.write(len(text).to_bytes(8, "little"))
     f.write(text)
-    for a in views:
-      f.write(memoryview(a.reshape(-1).view(np.uint8)))
+    for name in order:
+      f.write(memoryview(contiguous[name].reshape(-1).view(np.uint8)))
 
 
 def _write_cache(path: pathlib.Path, tree: Any) -> None:

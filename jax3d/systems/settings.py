@@ -44,8 +44,8 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """Adam or Adamax with one learning rate for grid-like leaves and one for MLP leaves (and,
-optionally, one for a voxel grid's density)."""
+  """Adam or Adamax with one learning rate for grid-like leaves, one for MLP leaves and,
+  optionally, one for a voxel grid's density."""
   name: str  # one of OPTIMIZERS
   lr_grid: float
   lr_mlp: float
