@@ -1,6 +1,6 @@
-"""Makes plain `pytest` run as CI does: 4 forced CPU devices, a compilation cache, no prior cache
-in the home folder, and float32 matmuls at full precision for comparisons against references.
-Must run before jax is imported."""
+"""Makes plain `pytest` run as CI does: 4 forced CPU devices, a compilation cache shared with the
+suite's subprocesses, no prior cache in the home folder, and float32 matmuls at full precision
+for comparisons against references. Must run before jax is imported."""
 
 import os
 
@@ -14,6 +14,9 @@ import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 
 _CACHE = os.environ.get("JAX3D_TEST_CACHE",
                         os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
+# The suite's subprocesses (`jax3d generate`, two-process runs, resumes) inherit the cache.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_default_matmul_precision", "highest")

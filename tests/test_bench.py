@@ -109,3 +109,58 @@ def test_bench_solids_rows_score_every_particle_and_the_population():
   one = solids.prompt_rows({"prompt": "a red cube", "particles": named["particles"][:1]},
                            timing)
   assert "distinct_colours" not in solids.mean_row(one)
+
+
+def test_bench_solids_keeps_finished_prompts_of_the_same_command_and_commit(tmp_path,
+                                                                          monkeypatch):
+  """After every prompt the rows so far are written (`complete: false`); a rerun of the same
+  command at the same clean commit keeps them and runs only the rest; at another commit, or
+  with other settings, every prompt runs again."""
+  from jax3d import bench  # pylint: disable=g-import-not-at-top
+  from jax3d.train import runner  # pylint: disable=g-import-not-at-top
+  ran, fail_on = [], {"a blue cone"}
+
+  def generate(prompt, workdir, cfg, prior, enable_bar):
+    del workdir, cfg, prior, enable_bar
+    if prompt in fail_on:
+      raise KeyboardInterrupt  # the machine's session ends mid-benchmark
+    ran.append(prompt)
+    return {"steps": 2, "wall_time_s": 1.0}
+
+  def eval_command(workdir):
+    prompt = pathlib.Path(workdir).name.replace("-", " ")
+    return {"prompt": prompt, "particles": [{
+        "particle": 0, "silhouette_iou": 0.5 + len(ran) / 10, "occupancy_iou": 0.3,
+        "predicted_solid": "cube", "shape_correct": True, "predicted_colour": "red",
+        "colour_correct": True}]}
+  monkeypatch.setattr(runner, "generate", generate)
+  monkeypatch.setattr(runner, "eval_command", eval_command)
+  commit = {"value": "abc123"}
+  monkeypatch.setattr(bench, "commit", lambda: commit["value"])
+  out = tmp_path / "solids.json"
+  argv = ["bench", "solids", "--method", "sds", "--prompts", "a red cube;a blue cone",
+          "--workdir-root", str(tmp_path / "runs"), "--out", str(out)]
+  assert cli.main(argv) == 130  # interrupted
+  partial = json.loads(out.read_text())
+  assert partial["complete"] is False and [r["prompt"] for r in partial["rows"]] == [
+      "a red cube"]
+
+  fail_on.clear()
+  assert cli.main(argv) == 0
+  assert ran == ["a red cube", "a blue cone"]  # the cube's row was kept, not rerun
+  result = json.loads(out.read_text())
+  assert result["complete"] is True
+  assert [r["prompt"] for r in result["rows"]] == ["a red cube", "a blue cone", "MEAN"]
+  assert result["rows"][0] == partial["rows"][0]
+
+  result["complete"] = False  # as if interrupted again, then rerun at another commit
+  out.write_text(json.dumps(result))
+  commit["value"] = "def456"
+  assert cli.main(argv) == 0
+  assert ran[2:] == ["a red cube", "a blue cone"]
+  commit["value"] = "def456+dirty"  # uncommitted changes: nothing is kept either
+  result = json.loads(out.read_text())
+  result["complete"] = False
+  out.write_text(json.dumps(result))
+  assert cli.main(argv) == 0
+  assert ran[4:] == ["a red cube", "a blue cone"]

@@ -208,8 +208,7 @@ def test_two_processes_train_the_prior_as_one_with_four_devices(trained, tmp_pat
   did, up to float order; process 0 alone writes the folder's files."""
   ref_work, _ = trained
   work = tmp_path / "two"
-  env = dict(os.environ, JAX3D_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
+  env = dict(os.environ, JAX3D_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   p = subprocess.run(
       ["bash", os.path.join(REPO, "launch", "local.sh"), "2", sys.executable, "-m", "jax3d",

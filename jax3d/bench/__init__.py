@@ -75,10 +75,13 @@ def main(args) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   module = importlib.import_module(f"jax3d.bench.{args.what}")
   head = header(args.what, getattr(args, "argv", sys.argv[1:]))
+  args.header = head  # `bench solids` writes its rows so far after every prompt
   rows, settings = module.run(args)
   if jax.process_index() != 0:  # a multi-process `bench step`: process 0 reports
     return 0
   payload = {**head, "quick": bool(args.quick), "settings": settings, "rows": rows}
+  if args.what == "solids":
+    payload["complete"] = True
   procs = f" in {head['process_count']} processes" if head["process_count"] > 1 else ""
   title = (f"jax3d bench {args.what}: {head['device']} x{head['device_count']}{procs} "
            f"({head['platform']}), jax {head['jax_version']}, commit {head['commit']}"

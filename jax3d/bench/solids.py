@@ -1,7 +1,11 @@
 """`jax3d bench solids`: text-to-3D quality on the solids world, `generate` then `eval` per prompt.
 
 Each prompt runs in its own folder under `--workdir-root` (resumed if already there), so an
-interrupted benchmark continues where it stopped. Every particle is a row; with several
+interrupted benchmark continues where it stopped. With `--out`, the rows so far are written
+after every prompt (`"complete": false`); rerunning the same command at the same clean commit
+keeps those prompts' rows and runs the rest, so a benchmark longer than a machine's session
+(VSD: ~5 h on a 2-core CPU) finishes across sessions without its run folders. Every particle
+is a row; with several
 particles, each prompt's first row also carries the population's diversity: the number of
 distinct palette colours, the hue spread (1 − |mean unit hue vector|) and the mean pairwise
 (1 − silhouette IoU) after z-alignment (`solids.metrics.diversity`). The last row is the mean
@@ -10,12 +14,13 @@ over particles (colour over the prompts that name one; diversity over prompts).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from typing import Any
 
-from jax3d.bench.table import Row
+from jax3d.bench.table import Row, write_json
 from jax3d.errors import UserError
 
 BARS = ("bars: shape_correct >= 0.9, colour_correct >= 0.9, mean silhouette IoU >= 0.85 "
@@ -50,8 +55,15 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
   workdirs = [os.path.join(args.workdir_root, method, p.replace(" ", "-")) for p in prompts]
   for prompt, workdir in zip(prompts, workdirs):  # Refuse a clash before the first hour runs.
     run_folder.check(workdir, runner.run_identity(prompt, method, prior, cfg), overwrite=False)
+  done = finished_rows(args, settings)
+  if done:
+    print(f"{args.out}: keeping the rows of {len(done)} finished prompts (same command, "
+          f"commit and settings)", file=sys.stderr)
   rows = []
   for prompt, workdir in zip(prompts, workdirs):
+    if prompt in done:
+      rows += done[prompt]
+      continue
     t0 = time.perf_counter()
     summary = runner.generate(prompt, workdir, cfg, prior, enable_bar=False)
     wall = time.perf_counter() - t0  # compile, training and export: what a user waits for
@@ -61,8 +73,34 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
     print(f"{prompt}: " + "; ".join(
         f"IoU {p['silhouette_iou']:.3f}, shape {p['predicted_solid']}, colour "
         f"{p['predicted_colour']}" for p in ev["particles"]), file=sys.stderr)
+    if args.out:
+      write_json(args.out, {**args.header, "quick": bool(args.quick), "complete": False,
+                            "settings": settings, "rows": rows})
   rows.append(mean_row(rows))
   return rows, settings
+
+
+def finished_rows(args, settings: dict[str, Any]) -> dict[str, list[Row]]:
+  """{prompt: its rows} from an unfinished `--out` file written by this same command at this
+  same clean commit with these settings; {} when there is none or anything differs."""
+  head = getattr(args, "header", None)
+  if not args.out or not head or not os.path.isfile(args.out):
+    return {}
+  try:
+    with open(args.out) as f:
+      previous = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  same = (previous.get("complete") is False and head["commit"] is not None
+          and not head["commit"].endswith("+dirty")
+          and all(previous.get(k) == head[k] for k in ("command", "commit", "device"))
+          and previous.get("settings") == json.loads(json.dumps(settings, default=str)))
+  if not same:
+    return {}
+  done: dict[str, list[Row]] = {}
+  for row in previous.get("rows", []):
+    done.setdefault(row["prompt"], []).append(row)
+  return done
 
 
 DIVERSITY = ("distinct_colours", "hue_spread", "pairwise_1_minus_iou")
