@@ -7,6 +7,7 @@ import importlib.util
 import json
 import pathlib
 import shutil
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -246,11 +247,26 @@ def test_wrong_shapes_and_mismatched_config(folders, tmp_path):
     sd.load_diffusers_prior(shallow)
   _one_line_error(e)
 
+  # The VAE fails after the UNet's and text encoder's copies started on the loader's threads:
+  # those threads end with the load.
+  before = _pool_threads()
   bad = _copy(folders["msgpack"], tmp_path / "badjson")
   (bad / "vae" / "config.json").write_text("{not json")
   with pytest.raises(UserError, match="cannot read") as e:
     sd.load_diffusers_prior(bad)
   _one_line_error(e)
+  other = _copy(folders["msgpack"], tmp_path / "channels")
+  cfg = json.loads((other / "vae" / "config.json").read_text())
+  cfg["latent_channels"] += 1
+  (other / "vae" / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(UserError, match="latent_channels") as e:
+    sd.load_diffusers_prior(other)
+  _one_line_error(e)
+  assert _pool_threads() <= before
+
+
+def _pool_threads() -> set[threading.Thread]:
+  return {t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")}
 
 
 @pytest.mark.parametrize("fmt,file", [("safetensors", "unet/diffusion_pytorch_model.safetensors"),

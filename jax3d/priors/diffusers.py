@@ -693,39 +693,41 @@ def load_diffusers_prior(folder: str | os.PathLike, dtype: str | Any = "float32"
   # Each component's host-to-device copy runs on `pool` while the next one's initializer is
   # traced for its shapes.
   pool = futures.ThreadPoolExecutor(TRANSFER_THREADS)
-  stored = set()
+  try:  # the pool's threads end however loading ends (a bad component raises mid-way)
+    stored = set()
 
-  def state(component, shapes, library, prefix=""):
-    if random_seed is not None:  # a seed of its own per component
-      seed = len(components) * random_seed + components.index(component)
-      return random_params(shapes(), seed, jdtype), None
-    tree, cached = _load_state(root / component, shapes, library, allow_pickle, prefix)
-    stored.update(np.asarray(x).dtype for x in jax.tree.leaves(tree))
-    return put_async(pool, tree, jdtype), cached
+    def state(component, shapes, library, prefix=""):
+      if random_seed is not None:  # a seed of its own per component
+        seed = len(components) * random_seed + components.index(component)
+        return random_params(shapes(), seed, jdtype), None
+      tree, cached = _load_state(root / component, shapes, library, allow_pickle, prefix)
+      stored.update(np.asarray(x).dtype for x in jax.tree.leaves(tree))
+      return put_async(pool, tree, jdtype), cached
 
-  params, to_cache = {}, {}
-  params["unet"], to_cache["unet"] = state("unet", unet_shapes, "diffusers")
-  params["text_encoder"], to_cache["text_encoder"] = state(
-      "text_encoder", text_shapes, "transformers", text_model.base_model_prefix)
-  if latent:
-    vae, vae_shapes = _build_diffusers_model(diffusers.FlaxAutoencoderKL, root / "vae", jdtype)
-    vcfg = vae.config
-    if vcfg.latent_channels != ucfg.in_channels:
-      raise UserError(f"{root}: the VAE's latent_channels {vcfg.latent_channels} != the UNet's "
-                      f"in_channels {ucfg.in_channels}")
-    params["vae"], to_cache["vae"] = state("vae", vae_shapes, "diffusers")
-    factor = 2**(len(vcfg.block_out_channels) - 1)
-    resolution = int(ucfg.sample_size) * factor
-    scaling = float(_component_config(root / "vae").get("scaling_factor") or
-                    DEFAULT_VAE_SCALING_FACTOR)
-  else:
-    if ucfg.in_channels != 3:
-      raise UserError(f"{root}: a pixel-space prior (no vae/) needs a UNet with 3 in_channels, "
-                      f"not {ucfg.in_channels}")
-    vae, resolution, scaling = None, int(ucfg.sample_size), 1.0
-  if random_seed is None:
-    params = {component: result() for component, result in params.items()}
-  pool.shutdown()
+    params, to_cache = {}, {}
+    params["unet"], to_cache["unet"] = state("unet", unet_shapes, "diffusers")
+    params["text_encoder"], to_cache["text_encoder"] = state(
+        "text_encoder", text_shapes, "transformers", text_model.base_model_prefix)
+    if latent:
+      vae, vae_shapes = _build_diffusers_model(diffusers.FlaxAutoencoderKL, root / "vae", jdtype)
+      vcfg = vae.config
+      if vcfg.latent_channels != ucfg.in_channels:
+        raise UserError(f"{root}: the VAE's latent_channels {vcfg.latent_channels} != the UNet's "
+                        f"in_channels {ucfg.in_channels}")
+      params["vae"], to_cache["vae"] = state("vae", vae_shapes, "diffusers")
+      factor = 2**(len(vcfg.block_out_channels) - 1)
+      resolution = int(ucfg.sample_size) * factor
+      scaling = float(_component_config(root / "vae").get("scaling_factor") or
+                      DEFAULT_VAE_SCALING_FACTOR)
+    else:
+      if ucfg.in_channels != 3:
+        raise UserError(f"{root}: a pixel-space prior (no vae/) needs a UNet with 3 in_channels, "
+                        f"not {ucfg.in_channels}")
+      vae, resolution, scaling = None, int(ucfg.sample_size), 1.0
+    if random_seed is None:
+      params = {component: result() for component, result in params.items()}
+  finally:
+    pool.shutdown(cancel_futures=True)
   if stored <= {np.dtype(jdtype), np.dtype(np.int32), np.dtype(np.int64)}:
     for component, path in to_cache.items():  # from the device: laid out, no host transposes
       if path is not None:
