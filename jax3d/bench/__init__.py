@@ -66,6 +66,11 @@ def header(what: str, argv: Sequence[str]) -> dict[str, Any]:
   }
 
 
+def result(args, settings: dict[str, Any], rows: list[Row], **extra) -> dict[str, Any]:
+  """A result file's contents: `args.header` (set by `main`), then `extra`, settings and rows."""
+  return {**args.header, "quick": bool(args.quick), **extra, "settings": settings, "rows": rows}
+
+
 def main(args) -> int:
   """Runs the benchmark `args.what`; prints its table and writes JSON to `args.out` if set."""
   if args.what not in BENCHMARKS:
@@ -79,9 +84,8 @@ def main(args) -> int:
   rows, settings = module.run(args)
   if jax.process_index() != 0:  # a multi-process `bench step`: process 0 reports
     return 0
-  payload = {**head, "quick": bool(args.quick), "settings": settings, "rows": rows}
-  if args.what == "solids":
-    payload["complete"] = True
+  payload = result(args, settings, rows,
+                   **({"complete": True} if args.what == "solids" else {}))
   procs = f" in {head['process_count']} processes" if head["process_count"] > 1 else ""
   title = (f"jax3d bench {args.what}: {head['device']} x{head['device_count']}{procs} "
            f"({head['platform']}), jax {head['jax_version']}, commit {head['commit']}"
@@ -97,4 +101,5 @@ def main(args) -> int:
   return 0
 
 
-__all__ = ["BENCHMARKS", "main", "header", "commit", "versions", "print_table", "write_json"]
+__all__ = ["BENCHMARKS", "main", "header", "result", "commit", "versions", "print_table",
+           "write_json"]

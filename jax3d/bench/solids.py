@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from jax3d import bench
 from jax3d.bench.table import Row, write_json
 from jax3d.errors import UserError
 
@@ -74,8 +75,7 @@ def run(args) -> tuple[list[Row], dict[str, Any]]:
         f"IoU {p['silhouette_iou']:.3f}, shape {p['predicted_solid']}, colour "
         f"{p['predicted_colour']}" for p in ev["particles"]), file=sys.stderr)
     if args.out:
-      write_json(args.out, {**args.header, "quick": bool(args.quick), "complete": False,
-                            "settings": settings, "rows": rows})
+      write_json(args.out, bench.result(args, settings, rows, complete=False))
   rows.append(mean_row(rows))
   return rows, settings
 
