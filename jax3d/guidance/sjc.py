@@ -20,13 +20,14 @@ scaled-linear schedule that keeps σ ∈ [0.17, 13.8]; for the solids prior's li
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax3d.configuration import Range
 from jax3d.errors import UserError
 from jax3d.priors.base import Prior
 
@@ -34,24 +35,21 @@ from jax3d.priors.base import Prior
 @dataclasses.dataclass(frozen=True)
 class PAASConfig:
   """PAAS settings; the official ones: K 1 (SD), CFG 100, trims 30 and 10, `var_red` on."""
-  num_perturbations: int  # K
+  num_perturbations: Annotated[int, Range(1)]  # K
   scale: float  # classifier-free guidance
   # View guidance (`Prior.eps`): the scale of the view words' own direction; 0 = off.
-  view_scale: float
-  trim_low: int  # drop the smallest σ's of the schedule
-  trim_high: int  # and the largest
+  view_scale: Annotated[float, Range(0)]
+  trim_low: Annotated[int, Range(0)]  # drop the smallest σ's of the schedule
+  trim_high: Annotated[int, Range(0)]  # and the largest
   variance_reduction: bool  # numerator D − x (True) or D − z
 
   def validate(self, num_train_timesteps: int) -> None:
-    if self.num_perturbations < 1:
-      raise UserError(f"num_perturbations (K) must be >= 1, got {self.num_perturbations}")
-    if self.view_scale < 0:
-      raise UserError(f"guidance.view_scale must be >= 0 (0 = off), got {self.view_scale}")
-    if self.trim_low < 0 or self.trim_high < 0 or (
-        self.trim_low + self.trim_high >= num_train_timesteps):
-      raise UserError(f"the sigma trim ({self.trim_low} low, {self.trim_high} high) must be "
-                      f">= 0 and leave some of the prior's {num_train_timesteps} timesteps; "
-                      f"the official values are 30 and 10")
+    """What the typed config cannot check without the prior: the trims leave some of its
+    schedule."""
+    if self.trim_low + self.trim_high >= num_train_timesteps:
+      raise UserError(f"the sigma trim ({self.trim_low} low, {self.trim_high} high) must "
+                      f"leave some of the prior's {num_train_timesteps} timesteps; the official "
+                      f"values are 30 and 10")
 
 
 def sigmas(alphas_cumprod: jax.Array) -> jax.Array:

@@ -76,6 +76,8 @@ class Config(field_system.FieldRunConfig):
     if self.render_space not in RENDER_SPACES:
       raise UserError(f"unknown render_space {self.render_space!r}; choose one of "
                       f"{', '.join(RENDER_SPACES)}")
+    if self.field.kind == "voxel":  # Before the prior loads; `_field` checks its channels.
+      _check_voxel_memory(self.field.voxel, self.num_particles, self.max_memory_gb)
 
 
 def _check_voxel_memory(cfg: voxel.VoxelConfig, num_particles: int, max_gb: float) -> None:
