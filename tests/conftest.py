@@ -1,11 +1,12 @@
-"""Makes plain `pytest` run as CI does: 4 forced CPU devices, a compilation cache shared with the
-suite's subprocesses, no prior cache in the home folder, and float32 matmuls at full precision
-for comparisons against references. Must run before jax is imported."""
+"""Makes plain `pytest` run as CI does: 4 forced CPU devices (`cpu_env`), a compilation cache
+shared with the suite's subprocesses, no prior cache in the home folder, and float32 matmuls at
+full precision for comparisons against references. Must run before jax is imported."""
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=4").strip()
+import cpu_env
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + cpu_env.xla_flags(4)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests that use the prior cache point it at their own folder; no test writes to ~/.cache.
 os.environ.setdefault("JAX3D_PRIOR_CACHE", "off")

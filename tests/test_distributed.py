@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+import cpu_env
 from jax3d import cli
 from jax3d.errors import UserError
 from jax3d.priors import registry as priors
@@ -48,9 +49,9 @@ def _two_processes(workdir, *extra, args=tuple(ARGS), timeout=240):
 
 def _env(devices: int) -> dict[str, str]:
   """Subprocess environment: `devices` CPU devices, this suite's compilation cache."""
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  return cpu_env.subprocess_env(
+      devices, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
 
 
 def _final_state(workdir: pathlib.Path, like):

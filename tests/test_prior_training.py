@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cpu_env
 from jax3d import configuration
 from jax3d.priors import registry
 from jax3d.solids import dataset as dataset_lib
@@ -208,8 +209,7 @@ def test_two_processes_train_the_prior_as_one_with_four_devices(trained, tmp_pat
   did, up to float order; process 0 alone writes the folder's files."""
   ref_work, _ = trained
   work = tmp_path / "two"
-  env = dict(os.environ, JAX3D_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = cpu_env.subprocess_env(2, JAX3D_LOCAL_DEVICES="2")
   p = subprocess.run(
       ["bash", os.path.join(REPO, "launch", "local.sh"), "2", sys.executable, "-m", "jax3d",
        "train-prior", "--config", "solids_prior:tiny", "--workdir", str(work),

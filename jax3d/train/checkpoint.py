@@ -67,6 +67,25 @@ def _held_absl_logs():
     logger.handlers, logger.propagate = saved, propagate
 
 
+# Orbax saves a replicated array in one slice per replica, each copied to the host on its own.
+# For the hundreds of small arrays of a network's optimizer state that is 4x the transfers on 4
+# devices (a save of the tiny prior's training state: 5.8 s, 2.3 s with this threshold, on the
+# 2-core CPU). Slices of 1 MiB and more still save in parallel across replicas.
+def _register_array_handler() -> None:
+  absl = logging.getLogger("absl")
+  level = absl.level
+  absl.setLevel(logging.ERROR)  # orbax warns that it replaces its default handler
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20),
+        override=True)
+  finally:
+    absl.setLevel(level)
+
+
+_register_array_handler()
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with `state` (pytree) and `meta` (JSON) items."""
 
