@@ -16,6 +16,7 @@ from jax3d import cameras
 from jax3d.errors import UserError
 from jax3d.export import mesh as mesh_lib
 from jax3d.export import video
+from jax3d.render import volume
 
 BOUND = 1.0
 RES = 32
@@ -77,6 +78,31 @@ def test_sphere_default_level_is_half_opacity_per_step(sphere):
   assert np.all(np.abs(r - R0) < CELL)
   assert sphere.vertices.dtype == np.float32 and sphere.faces.dtype == np.int32
   assert sphere.colors.shape == sphere.vertices.shape
+
+
+def test_level_matching_renders_finds_the_level_of_a_cone_profile_ball():
+  """σ = a·(R − r)+ : a ray at distance b from the centre has maximum density a·(R − b) and
+  optical depth τ(b) = 2a∫₀^√(R²−b²) (R − √(b² + s²)) ds, so the renders' opacity > ½
+  silhouette is b < b* with τ(b*) = ln 2, and the matching level is a·(R − b*) (b* solved
+  here by quadrature and bisection)."""
+  a, r0 = 20.0, 0.5
+  density = jax.tree_util.Partial(lambda p: a * jnp.maximum(r0 - jnp.linalg.norm(p, axis=-1), 0))
+  cfg = volume.RenderConfig(num_samples=256, bound=BOUND, stratified=False, min_near=0.0)
+
+  def render_opacity(cam):
+    field = lambda x, d: {"density": density(x.reshape(-1, 3)).reshape(x.shape[:-1])}
+    return volume.render_image(field, cam, None, cfg)["opacity"]
+
+  def tau(b):
+    s = np.linspace(0.0, math.sqrt(r0**2 - b**2), 4001)
+    return 2 * a * np.trapezoid(r0 - np.sqrt(b**2 + s**2), s)
+  lo, hi = 0.0, r0
+  for _ in range(60):
+    lo, hi = ((lo + hi) / 2, hi) if tau((lo + hi) / 2) > math.log(2) else (lo, (lo + hi) / 2)
+  level, iou = mesh_lib.level_matching_renders(render_opacity, density, BOUND, size=32)
+  pixel = 2 * 2.0 * math.tan(math.radians(20)) / 32  # a pixel's width at the centre's distance
+  assert abs(level - a * (r0 - lo)) < a * pixel / 2, (level, a * (r0 - lo))
+  assert iou > 0.95
 
 
 def test_sphere_is_closed_and_outward(sphere):
