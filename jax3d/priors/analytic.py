@@ -16,6 +16,7 @@ The solids version (`solids_analytic_prior`) holds renders of every `a {colour} 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -100,6 +101,16 @@ def analytic_prior(images: np.ndarray | jax.Array, prompt_mask: Callable[[str], 
   )
 
 
+@functools.partial(jax.jit, static_argnames=("n", "cfg"))
+def _cameras_and_views(key: jax.Array, n: int, cfg: cameras.CameraConfig):
+  """`n` cameras drawn from `cfg` and their view indices in the dreamfusion and azimuth
+  schemes, as one compiled program."""
+  cams = cameras.sample(key, n, cfg)
+  azimuth, elevation, _ = cameras.to_spherical(cams)
+  return (cams, cameras.view_index(azimuth, elevation),
+          cameras.view_index(azimuth, elevation, "azimuth"))
+
+
 def render_solids_set(key: jax.Array, views_per_object: int = 16, resolution: int = 32,
                       supersample: int = 2) -> dict[str, np.ndarray]:
   """Renders every `a {colour} {solid}` object from `views_per_object` random cameras.
@@ -114,11 +125,11 @@ def render_solids_set(key: jax.Array, views_per_object: int = 16, resolution: in
   cameras.VIEW_LABELS, sector (N,) index into cameras.AZIMUTH_LABELS.
   """
   m, ns, nc = views_per_object, len(scenes.SOLIDS), len(scenes.COLOURS)
-  cfg = scenes.camera_config(resolution)
-  cams = cameras.sample(key, ns * m, cfg)
+  cams, view, sector = jax.tree.map(np.asarray, _cameras_and_views(
+      key, ns * m, scenes.camera_config(resolution)))
   # One static solid per call: only its own SDF is traced (a traced index evaluates all five).
   outs = [solids_render.render_batch(
-      name, jnp.ones((m, 3)), jax.tree.map(lambda a, i=i: a[i * m:(i + 1) * m], cams),
+      name, np.ones((m, 3), np.float32), jax.tree.map(lambda a, i=i: a[i * m:(i + 1) * m], cams),
       supersample=supersample) for i, name in enumerate(scenes.SOLIDS)]
   white = np.stack([np.asarray(o["image"]) for o in outs]).reshape(
       ns, 1, m, resolution, resolution, 3)
@@ -126,9 +137,7 @@ def render_solids_set(key: jax.Array, views_per_object: int = 16, resolution: in
       [np.asarray(o["mask"]) for o in outs])).reshape(ns, 1, m, resolution, resolution, 1)
   albedo = scenes.palette().reshape(1, nc, 1, 1, 1, 3)
   image = albedo * (white - background) + background
-  azimuth, elevation, _ = cameras.to_spherical(cams)
-  view = np.asarray(cameras.view_index(azimuth, elevation)).reshape(ns, 1, m)
-  sector = np.asarray(cameras.view_index(azimuth, elevation, "azimuth")).reshape(ns, 1, m)
+  view, sector = view.reshape(ns, 1, m), sector.reshape(ns, 1, m)
   grid = np.broadcast_to
   return {
       "image": image.reshape(-1, resolution, resolution, 3).astype(np.float32),
