@@ -39,19 +39,12 @@ def _free_port() -> int:
 
 def _two_processes(workdir, *extra, args=tuple(ARGS), timeout=240):
   """Runs `args` as 2 processes x 2 CPU devices through launch/local.sh; (exit code, stderr)."""
-  env = dict(_env(2), JAX3D_LOCAL_DEVICES="2", JAX3D_PORT=str(_free_port()))
+  env = cpu_env.subprocess_env(2, JAX3D_LOCAL_DEVICES="2", JAX3D_PORT=str(_free_port()))
   p = subprocess.run(
       ["bash", str(REPO / "launch" / "local.sh"), "2", sys.executable, "-m", "jax3d", *args,
        "--workdir", str(workdir), *extra, "--init-timeout", "60", "--heartbeat-timeout", "20"],
       env=env, capture_output=True, text=True, timeout=timeout)
   return p.returncode, p.stderr
-
-
-def _env(devices: int) -> dict[str, str]:
-  """Subprocess environment: `devices` CPU devices, this suite's compilation cache."""
-  return cpu_env.subprocess_env(
-      devices, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
 
 
 def _final_state(workdir: pathlib.Path, like):
@@ -119,8 +112,8 @@ def _kill_one_mid_run(work, victim: int, after_step: int):
           "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
           "--heartbeat-timeout", "20"]
   procs = [subprocess.Popen([sys.executable, "-m", "jax3d", *args, "--process-id", str(i)],
-                            env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
+                            env=cpu_env.subprocess_env(2), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
   other = procs[1 - victim]
   try:
     deadline = time.monotonic() + 180
@@ -171,7 +164,7 @@ def test_a_dead_process_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_pa
 
 def test_processes_that_disagree_on_the_config_stop_before_writing(tmp_path):
   port = _free_port()
-  env = _env(1)
+  env = cpu_env.subprocess_env(1)
   procs = [subprocess.Popen(
       [sys.executable, "-m", "jax3d", *ARGS, f"--config.seed={i}", "--workdir",
        str(tmp_path / "W"), "--distributed", "--coordinator", f"127.0.0.1:{port}",
@@ -202,7 +195,7 @@ def test_bad_distributed_flags_are_refused(flags, needle):
 
 
 def test_an_unreachable_coordinator_is_one_line_after_the_timeout(tmp_path):
-  env = _env(1)
+  env = cpu_env.subprocess_env(1)
   p = subprocess.run(
       [sys.executable, "-m", "jax3d", *ARGS, "--workdir", str(tmp_path / "W"), "--distributed",
        "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--process-id",
