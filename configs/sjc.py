@@ -34,7 +34,8 @@ def get_config(preset=None):
           density_shift=-1.0,  # official: density_shift -1 with softplus
           density_activation="softplus", feature_activation="sigmoid",
           feature_init_scale=1.0,
-          density_beta=0.03, init_radius=0.0)),  # "laplace" (VolSDF) activation; start ball
+          # The "laplace" (VolSDF) activation: its β, a start ball, β annealed from a start.
+          density_beta=0.03, init_radius=0.0, density_beta_start=0.0, beta_anneal=0.5)),
       nerf=_common.nerf_field()))
   c.render = ml_collections.ConfigDict(dict(num_samples=64, bound=1.0, stratified=True,
                                             min_near=0.0))

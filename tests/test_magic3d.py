@@ -94,7 +94,7 @@ def test_the_fine_stage_starts_from_the_coarse_density(prior_dir):
   state = coarse.init(jax.random.key(0))
   params = jax.tree.map(lambda x: x[0], state.particles["params"])
   grid = dmtet.tet_grid(4, 1.0)
-  sigma = np.asarray(coarse.field.density(params, grid.vertices, coarse.blob(3)))
+  sigma = np.asarray(coarse.field.density(params, grid.vertices, coarse.density_schedule(3)))
   level = float(np.median(sigma))
   fine = coarse.next_stage(state, [level])
   assert isinstance(fine, magic3d.MeshStage) and fine.config.num_steps == 3

@@ -144,6 +144,33 @@ def test_gradient_reaching_the_field_is_the_renderers_vjp_of_g(mixture):
   assert float(jnp.abs(grads["features"]).max()) > 0
 
 
+def test_an_annealed_laplace_grid_trains_at_the_scheduled_beta(mixture):
+  """With density_beta_start, the step's renders (and their gradient) are those of the grid at
+  β(step) (`voxel.beta_schedule`), and previews and export at the end use β itself."""
+  prior, _ = mixture
+  laplace = ["field.voxel.density_activation=laplace", "field.voxel.density_shift=0",
+             "field.voxel.init_radius=0.5", "num_steps=10"]
+
+  def system(*overrides):
+    c = configuration.apply_overrides(_tiny_sjc_config(), [*laplace, *overrides])
+    return sjc.SJC("p", configuration.typed(sjc.Config, c), prior,
+                   mesh=sharding.make_mesh(1, jax.devices()[:1]))
+
+  annealed = system("field.voxel.density_beta_start=0.3")
+  params = annealed.field.init(jax.random.key(0))
+  cams = cameras.sample(jax.random.key(1), 1, annealed.config.camera)
+  k = jax.random.key(2)
+  for step, beta in ((0, 0.3), (10, 0.03)):
+    fixed = system(f"field.voxel.density_beta={beta}")
+    np.testing.assert_allclose(annealed.render_views(params, cams, k, step)["color"],
+                               fixed.render_views(params, cams, k)["color"], atol=1e-5)
+    # The training loss renders at its step's β: it equals the fixed-β system's.
+    np.testing.assert_allclose(
+        annealed.particle_loss(params, None, k, step, annealed.inputs)[0],
+        fixed.particle_loss(params, None, k, step, fixed.inputs)[0], rtol=1e-5)
+  assert float(annealed.density_schedule(annealed.config.num_steps)) == 1.0
+
+
 def test_regularizers_match_their_closed_forms():
   w = jnp.asarray([[0.0, 0.5], [1.0, 0.25]])
   assert float(regularizers.emptiness_loss(w, 10.0)) == pytest.approx(

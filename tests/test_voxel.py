@@ -162,6 +162,29 @@ def test_init_radius_starts_from_a_ball():
     config(density_beta=0.0)
 
 
+def test_beta_schedule_is_geometric_from_start_to_beta():
+  cfg = config(density_activation="laplace", density_shift=0.0, density_beta=0.03,
+               density_beta_start=0.3, beta_anneal=0.5)
+  steps = jnp.array([0, 50, 100, 150, 200, 400])
+  got = np.asarray(jax.vmap(lambda s: voxel.beta_schedule(cfg, s, 400))(steps))
+  # β(step) = 0.3^(1−u)·0.03^u with u = step/200 up to 1: 0.3, 0.3·10^(−1/4), …, 0.03.
+  want = 0.3 * 10.0 ** -np.minimum(np.asarray(steps) / 200.0, 1.0) / 0.03
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert float(voxel.beta_schedule(config(), 7, 400)) == 1.0
+  # A query with the multiplier is the laplace density at β·multiplier.
+  p = voxel.init(jax.random.PRNGKey(0), dataclasses.replace(cfg, resolution=4))
+  p["density"] = jax.random.normal(jax.random.PRNGKey(1), p["density"].shape)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (16, 3), minval=-1.0, maxval=1.0)
+  raw = voxel.interpolate(p["density"], x, 1.0)
+  np.testing.assert_allclose(
+      voxel.query(p, x, dataclasses.replace(cfg, resolution=4), 4.0)["density"],
+      voxel.laplace_density(raw, 0.12), rtol=1e-5)
+  with pytest.raises(UserError, match="density_beta_start"):
+    config(density_beta_start=0.3)  # softplus has no β
+  with pytest.raises(UserError, match="beta_anneal"):
+    config(density_activation="laplace", beta_anneal=0.0)
+
+
 def test_eikonal_loss_of_distance_fields():
   cfg = config(resolution=11, channels=1)
   x = np.asarray(voxel.vertex_positions(cfg))

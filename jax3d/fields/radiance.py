@@ -49,20 +49,21 @@ class FieldConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NeRFField:
-  """The hash-grid NeRF (DreamFusion, Magic3D coarse stage); `blob` scales its density blob."""
+  """The hash-grid NeRF (DreamFusion, Magic3D coarse stage); `schedule` scales its density
+  blob (`FieldSystem.density_schedule`)."""
   cfg: nerf.NeRFConfig
 
   def init(self, key: jax.Array) -> Any:
     return nerf.init(key, self.cfg)
 
-  def query(self, params, x: jax.Array, blob=1.0, with_normals: bool = False):
-    q = nerf.query(params, x, self.cfg, blob, with_normals=with_normals)
+  def query(self, params, x: jax.Array, schedule=1.0, with_normals: bool = False):
+    q = nerf.query(params, x, self.cfg, schedule, with_normals=with_normals)
     q["color"] = q.pop("albedo")
     q["density"] = in_ball(q["density"], x, self.cfg.radius)
     return q
 
-  def density(self, params, x: jax.Array, blob=1.0) -> jax.Array:
-    return in_ball(nerf.density(params, x, self.cfg, blob), x, self.cfg.radius)
+  def density(self, params, x: jax.Array, schedule=1.0) -> jax.Array:
+    return in_ball(nerf.density(params, x, self.cfg, schedule), x, self.cfg.radius)
 
   def labels(self, params) -> Any:
     return {"encoding": "grid", "mlp": jax.tree.map(lambda _: "mlp", params["mlp"])}
@@ -78,27 +79,26 @@ class NeRFField:
 
 @dataclasses.dataclass(frozen=True)
 class VoxelField:
-  """The dense voxel grid (SJC); it has no blob, and its normals come from one vjp."""
+  """The dense voxel grid (SJC); `schedule` multiplies a laplace grid's β
+  (`voxel.beta_schedule`), and its normals come from one vjp."""
   cfg: voxel.VoxelConfig
 
   def init(self, key: jax.Array) -> Any:
     return voxel.init(key, self.cfg)
 
-  def query(self, params, x: jax.Array, blob=1.0, with_normals: bool = False):
-    del blob
+  def query(self, params, x: jax.Array, schedule=1.0, with_normals: bool = False):
     if not with_normals:
-      q = voxel.query(params, x, self.cfg)
+      q = voxel.query(params, x, self.cfg, schedule)
       return {"density": in_ball(q["density"], x, self.cfg.radius), "color": q["features"]}
     # Each point's outputs depend on that point alone, so one vjp gives every gradient.
     (sigma, color), vjp = jax.vjp(
-        lambda p: tuple(voxel.query(params, p, self.cfg).values()), x)
+        lambda p: tuple(voxel.query(params, p, self.cfg, schedule).values()), x)
     (grad,) = vjp((jnp.ones_like(sigma), jnp.zeros_like(color)))
     normal = -grad / jnp.maximum(jnp.linalg.norm(grad, axis=-1, keepdims=True), 1e-12)
     return {"density": in_ball(sigma, x, self.cfg.radius), "color": color, "normal": normal}
 
-  def density(self, params, x: jax.Array, blob=1.0) -> jax.Array:
-    del blob
-    return in_ball(voxel.query(params, x, self.cfg)["density"], x, self.cfg.radius)
+  def density(self, params, x: jax.Array, schedule=1.0) -> jax.Array:
+    return in_ball(voxel.query(params, x, self.cfg, schedule)["density"], x, self.cfg.radius)
 
   def labels(self, params) -> Any:
     return {"density": "density", "features": "grid"}

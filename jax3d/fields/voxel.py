@@ -14,7 +14,10 @@ inside) and gives VolSDF's density (Yariv et al. 2021, Eq. 2–3):
 the CDF of a zero-mean Laplace distribution of scale β: an opaque solid of density 1/β
 inside, falling to zero within a few β of the surface, so the field cannot stay a translucent
 blob. `init_radius` > 0 starts every activation from the ball of that radius (raw value
-r − |x|, the sphere's negated distance) instead of zero.
+r − |x|, the sphere's negated distance) instead of zero. `density_beta_start` > 0 anneals β
+geometrically from that value down to `density_beta` over the first `beta_anneal` of the run
+(`beta_schedule`): a wide β early keeps a gradient deep inside the start ball, so a hole (a
+torus') or a tip (a cone's) can form; the narrow β at the end makes the surface opaque.
 (SJC samples its grid with `grid_sample`'s cell-centred convention; here vertices sit on the
 cube's corners, so a grid value is returned exactly at its vertex.) Points outside the cube
 take the value at the nearest point of the cube.
@@ -55,6 +58,8 @@ class VoxelConfig:
   feature_init_scale: float
   density_beta: float = 0.03  # β of the "laplace" activation, in world units
   init_radius: float = 0.0  # > 0: the raw density starts as init_radius − |x|
+  density_beta_start: float = 0.0  # > 0: β at step 0, annealed to density_beta
+  beta_anneal: float = 0.5  # the fraction of the run over which β is annealed
 
   def __post_init__(self):
     if self.resolution < 2 or self.channels < 1:
@@ -66,6 +71,13 @@ class VoxelConfig:
     if self.density_beta <= 0 or self.init_radius < 0:
       raise UserError(f"voxel density_beta must be positive and init_radius >= 0, got "
                       f"{self.density_beta} and {self.init_radius}")
+    if self.density_beta_start < 0 or not 0 < self.beta_anneal <= 1:
+      raise UserError(f"voxel density_beta_start must be >= 0 and beta_anneal in (0, 1], got "
+                      f"{self.density_beta_start} and {self.beta_anneal}")
+    if self.density_beta_start > 0 and self.density_activation != "laplace":
+      raise UserError(f"voxel density_beta_start anneals the 'laplace' activation's β; set "
+                      f"density_activation='laplace' or density_beta_start=0 (it is "
+                      f"{self.density_activation!r})")
     if self.density_activation not in DENSITY_ACTIVATIONS:
       raise UserError(f"unknown voxel density_activation {self.density_activation!r}; choose "
                       f"one of {', '.join(DENSITY_ACTIVATIONS)}")
@@ -141,8 +153,19 @@ def eikonal_loss(grid: jax.Array, bound: float) -> jax.Array:
   return jnp.mean((norm - 1.0)**2)
 
 
-def query(params: Params, x: jax.Array, cfg: VoxelConfig) -> dict[str, jax.Array]:
-  """Density (...,) and features (..., C) at world points x (..., 3)."""
+def beta_schedule(cfg: VoxelConfig, step, num_steps: int) -> jax.Array:
+  """β(step)/density_beta: (β_start/β)^(1 − u), u = min(step / (beta_anneal·num_steps), 1),
+  a geometric interpolation from β_start to β; 1 without an anneal."""
+  if cfg.density_beta_start <= 0:
+    return jnp.ones((), jnp.float32)
+  u = jnp.clip(jnp.asarray(step, jnp.float32) / (cfg.beta_anneal * num_steps), 0.0, 1.0)
+  return jnp.float32(cfg.density_beta_start / cfg.density_beta) ** (1.0 - u)
+
+
+def query(params: Params, x: jax.Array, cfg: VoxelConfig,
+          beta_scale: jax.Array | float = 1.0) -> dict[str, jax.Array]:
+  """Density (...,) and features (..., C) at world points x (..., 3); a "laplace" grid uses
+  β = density_beta·beta_scale (`beta_schedule`)."""
   chex.assert_axis_dimension(x, -1, 3)
   raw_density = interpolate(params["density"], x, cfg.bound) + cfg.density_shift
   if cfg.density_activation == "softplus":
@@ -150,7 +173,7 @@ def query(params: Params, x: jax.Array, cfg: VoxelConfig) -> dict[str, jax.Array
   elif cfg.density_activation == "exp":
     sigma = jnp.exp(raw_density)
   elif cfg.density_activation == "laplace":
-    sigma = laplace_density(raw_density, cfg.density_beta)
+    sigma = laplace_density(raw_density, cfg.density_beta * beta_scale)
   else:
     sigma = jax.nn.relu(raw_density)
   features = interpolate(params["features"], x, cfg.bound)
@@ -159,5 +182,5 @@ def query(params: Params, x: jax.Array, cfg: VoxelConfig) -> dict[str, jax.Array
   return {"density": sigma, "features": features}
 
 
-__all__ = ["VoxelConfig", "init", "query", "laplace_density", "eikonal_loss", "interpolate",
+__all__ = ["VoxelConfig", "init", "query", "beta_schedule", "laplace_density", "eikonal_loss", "interpolate",
            "memory_bytes", "num_params", "vertex_positions"]

@@ -33,7 +33,7 @@ def _identity(x):
 
 
 def render_views(field: radiance.Field, params: Any, cams: cameras.Camera, key: jax.Array,
-                 cfg: volume.RenderConfig, background: jax.Array, blob=1.0,
+                 cfg: volume.RenderConfig, background: jax.Array, schedule=1.0,
                  lighting: Lighting | None = None, sample_normals: bool = False,
                  split_rays: Callable[[jax.Array], jax.Array] = _identity
                  ) -> dict[str, jax.Array]:
@@ -61,7 +61,7 @@ def render_views(field: radiance.Field, params: Any, cams: cameras.Camera, key: 
     modes, lights = per_ray(lighting.modes), per_ray(lighting.lights)
 
   def field_fn(points, _):
-    q = field.query(params, points, blob, with_normals=sample_normals)
+    q = field.query(params, points, schedule, with_normals=sample_normals)
     out = {"density": q["density"], "color": q["color"]}
     if sample_normals:
       out["normal"] = q["normal"]
@@ -74,7 +74,7 @@ def render_views(field: radiance.Field, params: Any, cams: cameras.Camera, key: 
                            background=None if deferred else {"color": background})
   if deferred:
     out["color"], out["normal"] = shading.deferred(
-        out, origins, dirs, lambda x: field.density(params, x, blob), field.normal_eps,
+        out, origins, dirs, lambda x: field.density(params, x, schedule), field.normal_eps,
         background, lights, modes, lighting.ambient)
   maps = {"color": out["color"].reshape(v, h, w, -1), "opacity": out["opacity"].reshape(v, h, w),
           "depth": out["depth"].reshape(v, h, w), "weights": out["weights"].reshape(v, n, -1)}
@@ -86,19 +86,20 @@ def render_views(field: radiance.Field, params: Any, cams: cameras.Camera, key: 
 
 
 def render_view(field: radiance.Field, params: Any, camera: cameras.Camera,
-                cfg: volume.RenderConfig, background: jax.Array, blob=1.0, mode=None,
+                cfg: volume.RenderConfig, background: jax.Array, schedule=1.0, mode=None,
                 ambient: float = shading.DEFAULT_AMBIENT, chunk: int = 4096
                 ) -> dict[str, jax.Array]:
   """A deterministic render of one camera: 'color' (H, W, C) over `background`, lit by
   deferred shading under SHADING_MODES[mode] with the light at the camera (unlit when `mode`
   is None), 'normal' (H, W, 3) (one per pixel, at the expected surface) and 'opacity'."""
   def field_fn(points, _):
-    q = field.query(params, points, blob)
+    q = field.query(params, points, schedule)
     return {"density": q["density"], "color": q["color"]}
 
   out = volume.render_image(field_fn, camera, None, cfg, chunk=chunk)
   origins, dirs = cameras.rays(camera)
-  color, normal = shading.deferred(out, origins, dirs, lambda x: field.density(params, x, blob),
+  color, normal = shading.deferred(out, origins, dirs,
+                                   lambda x: field.density(params, x, schedule),
                                    field.normal_eps, background, camera.position, mode,
                                    ambient)
   return {"color": color, "normal": normal, "opacity": out["opacity"]}

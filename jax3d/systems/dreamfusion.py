@@ -118,7 +118,7 @@ class DreamFusion(field_system.FieldSystem):
   def ambient(self) -> float:
     return self.config.shading.ambient
 
-  def blob(self, step) -> jax.Array:
+  def density_schedule(self, step) -> jax.Array:
     return blob_scale(self.config.blob, step)
 
   def distillation_loss(self, inputs, shared_params, key, images, t, cond, uncond, plain,

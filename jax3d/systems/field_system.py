@@ -123,11 +123,14 @@ class FieldSystem(base.PopulationSystem):
     """Training renders of cameras (V,) (render.fields.render_views), rays split over the
     mesh's `views` axis."""
     return render_fields.render_views(
-        self.field, params, cams, key, self.config.render, self.background, self.blob(step),
+        self.field, params, cams, key, self.config.render, self.background,
+        self.density_schedule(step),
         split_rays=functools.partial(sharding.split_rays, mesh=self.mesh), **kwargs)
 
-  def blob(self, step) -> jax.Array:
-    """The density-blob scale at `step` (NeRF fields); 1 where there is none."""
+  def density_schedule(self, step) -> jax.Array:
+    """The field's step-dependent density control at `step`, passed to every query: the
+    NeRF's blob strength (DreamFusion), the laplace voxel grid's β multiplier (SJC); 1 where
+    the field has none."""
     del step
     return jnp.ones((), jnp.float32)
 
@@ -135,10 +138,10 @@ class FieldSystem(base.PopulationSystem):
   @functools.cached_property
   def _render_view(self) -> Callable:
     @functools.partial(jax.jit, static_argnames=("height", "width", "mode"))
-    def render(params, prior_params, c2w, fov, height, width, mode, blob):
+    def render(params, prior_params, c2w, fov, height, width, mode, schedule):
       cam = cameras.Camera(c2w=c2w, fov_y=fov, height=height, width=width)
       out = render_fields.render_view(self.field, params, cam, self.config.render,
-                                      self.background, blob,
+                                      self.background, schedule,
                                       mode if self.shades_renders else None, self.ambient)
       return {"rgb": self.image(prior_params, out["color"]), "normal": out["normal"],
               "opacity": out["opacity"]}
@@ -158,7 +161,7 @@ class FieldSystem(base.PopulationSystem):
     """Deterministic render of one particle's params from one camera (`System.render`)."""
     return self._render_view(params, self._render_prior_params, camera.c2w, camera.fov_y,
                              camera.height, camera.width, shading.shading_index(mode),
-                             self.blob(step))
+                             self.density_schedule(step))
 
   def render(self, state: base.State, particle: int, camera: cameras.Camera,
              step: int) -> dict[str, jax.Array]:
@@ -175,7 +178,7 @@ class FieldSystem(base.PopulationSystem):
 
   def density_fn(self, params, step: int):
     """σ(x) of one particle as a jit-friendly `Partial` over its params."""
-    return jax.tree_util.Partial(self._density_base, params, self.blob(step))
+    return jax.tree_util.Partial(self._density_base, params, self.density_schedule(step))
 
   def vertex_rgb(self, color: jax.Array) -> jax.Array:
     """A field colour (..., C) as mesh vertex RGB in [0, 1]."""
@@ -199,18 +202,18 @@ class FieldSystem(base.PopulationSystem):
       rule = f"matches the rendered opacity > 0.5 silhouettes of 8 views (IoU {iou:.3f})"
     step_size = 2.0 * self.config.render.bound * 3**0.5 / self.config.render.num_samples
     mesh = mesh_lib.extract_mesh(
-        density, jax.tree_util.Partial(self._color_base, params, self.blob(step)),
+        density, jax.tree_util.Partial(self._color_base, params, self.density_schedule(step)),
         self.config.render.bound, resolution=e.mesh_resolution, level=level,
         step_size=step_size)
     return mesh if rule is None else dataclasses.replace(mesh, level_rule=rule)
 
 
-def _density(field, params, blob, x):
-  return field.density(params, x, blob)
+def _density(field, params, schedule, x):
+  return field.density(params, x, schedule)
 
 
-def _color(field, to_rgb, params, blob, x):
-  return to_rgb(field.query(params, x, blob)["color"])
+def _color(field, to_rgb, params, schedule, x):
+  return to_rgb(field.query(params, x, schedule)["color"])
 
 
 __all__ = ["FieldSystem", "FieldRunConfig", "ViewWords", "view_prompts", "AUTO_VIEW_LABELS"]

@@ -126,7 +126,7 @@ class MeshStage(field_system.FieldSystem):
     texture = radiance.NeRFField(config.field)
     super().__init__(coarse.prompt, config, coarse.prior, texture, coarse.mesh)
     f = config.fine
-    self.coarse_blob = coarse.blob(coarse.config.num_steps)
+    self.coarse_schedule = coarse.density_schedule(coarse.config.num_steps)
     self.coarse_params = coarse_params
     levels = np.asarray(levels, np.float32)
     if levels.shape != (config.num_particles,):
@@ -155,7 +155,7 @@ class MeshStage(field_system.FieldSystem):
 
   # ---- the population, from the coarse one ----
   def _sdf(self, texture, level, vertices):
-    density = functools.partial(self.field.density, texture, blob=self.coarse_blob)
+    density = functools.partial(self.field.density, texture, schedule=self.coarse_schedule)
     return dmtet.init_sdf_from_density(density, vertices, level, self.config.fine.sdf_scale)
 
   def _from_coarse(self, texture, sdf):
@@ -189,7 +189,7 @@ class MeshStage(field_system.FieldSystem):
 
   def texture_fn(self, params) -> Callable[[jax.Array], jax.Array]:
     """Colour at surface points: the particle's texture NeRF (a pytree, so it can cross jit)."""
-    return jax.tree_util.Partial(self._texture_base, self.coarse_blob, params["texture"])
+    return jax.tree_util.Partial(self._texture_base, self.coarse_schedule, params["texture"])
 
   def rasterize(self, params, vertices, faces, neighbors, cam: cameras.Camera):
     return raster.render_mesh(vertices, faces, None, cam, self.background,
@@ -291,8 +291,8 @@ class MeshStage(field_system.FieldSystem):
                              level_rule="the fine stage's SDF zero set (marching tetrahedra)")
 
 
-def _texture(field, blob, params, x):
-  return field.query(params, x, blob)["color"]
+def _texture(field, schedule, params, x):
+  return field.query(params, x, schedule)["color"]
 
 
 __all__ = ["Magic3D", "MeshStage", "Config", "Fine", "fine_run_config"]

@@ -140,7 +140,7 @@ class SJC(field_system.FieldSystem):
     cfg = self.config
     k_cam, k_render, k_t, k_noise = jax.random.split(key, 4)
     cams, view = self.sample_views(k_cam)
-    out = self.render_views(params, cams, k_render)
+    out = self.render_views(params, cams, k_render, step)
     x = out["color"]
     if cfg.render_space == "image":
       x = self.prior.encode(inputs["prior"], x)
@@ -175,9 +175,15 @@ class SJC(field_system.FieldSystem):
     cond, uncond, plain = self.guidance_embeddings(self.inputs["conds"], view)
     t = jnp.full(view.shape, self.prior.num_train_timesteps // 2, jnp.int32)
     return base.StepParts(
-        render=lambda p, k: self.render_views(p, cams, k)["color"],
+        render=lambda p, k: self.render_views(p, cams, k, state.step)["color"],
         guidance=lambda pp, x0, k: sjc_lib.paas(self.prior, pp, k, x0, t, cond, uncond,
                                                 self.config.guidance, plain)[0])
+
+  def density_schedule(self, step) -> jax.Array:
+    """The laplace voxel grid's β multiplier at `step` (`voxel.beta_schedule`); 1 otherwise."""
+    if isinstance(self.field, radiance.VoxelField):
+      return voxel.beta_schedule(self.field.cfg, step, self.config.num_steps)
+    return super().density_schedule(step)
 
   # ---- renders for previews and export ----
   def render_params(self, params, camera: cameras.Camera, step: int, mode: str = "albedo"):
