@@ -32,7 +32,7 @@ def main():
   dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
   print(f"{run['prompt']} ({run['method']}, step {step})")
   for r in radii:
-    out = system.field.query(params, jnp.asarray(dirs * r, jnp.float32), system.blob(step))
+    out = system.field.query(params, jnp.asarray(dirs * r, jnp.float32), system.density_schedule(step))
     rgb = np.asarray(out["color"]).mean(0)
     hue = colour.hue_of(rgb)
     print(f"r={r:.2f}  density {np.median(np.asarray(out['density'])):8.3f}  rgb "
