@@ -84,7 +84,8 @@ def test_typed_rejects_unknown_and_missing_keys():
 
 
 @pytest.mark.parametrize("spec", ["dreamfusion:toy", "dreamfusion:toy-analytic",
-                                  "dreamfusion:sd", "sjc:toy", "sjc:sd", "prolificdreamer:toy",
+                                  "dreamfusion:sd", "sjc:toy", "sjc:toy-surface", "sjc:sd",
+                                  "prolificdreamer:toy",
                                   "prolificdreamer:sd", "magic3d:toy", "magic3d:toy-analytic",
                                   "magic3d:sd"])
 def test_every_shipped_preset_converts_to_its_methods_config(spec):
