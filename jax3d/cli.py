@@ -16,6 +16,7 @@ import signal
 import sys
 from typing import Callable, Sequence
 
+from jax3d import compilation_cache
 from jax3d.errors import Interrupted, UserError
 from jax3d.systems import registry
 from jax3d.train import distributed
@@ -297,6 +298,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if getattr(args, "distributed", False) and supervisor.wanted():
       distributed.validate(args)  # refused here in one line, before a child starts
       return supervisor.run(argv)
+    if args.command != "bench" or args.what == "solids":
+      # `bench step` and `bench render` report compile times: cold unless JAX has a cache.
+      compilation_cache.enable()
     handler: Callable = args.handler
     code = handler(args, overrides)
   except UserError as e:
