@@ -30,6 +30,16 @@ def nerf_field() -> ml_collections.ConfigDict:
       normal_method="analytic", normal_eps=0.04))
 
 
+def voxel_field() -> ml_collections.ConfigDict:
+  """SJC's dense voxel grid (fields/voxel.py) at a CPU size: 64^3 RGB through a sigmoid, the
+  official softplus density with shift -1 (pals-ttic/sjc), no radius bound."""
+  return ml_collections.ConfigDict(dict(
+      resolution=64, channels=3, bound=1.0, radius=0.0, density_shift=-1.0,
+      density_activation="softplus", feature_activation="sigmoid", feature_init_scale=1.0,
+      # The "laplace" (VolSDF) activation: its β, a start ball, β annealed from a start.
+      density_beta=0.03, init_radius=0.0, density_beta_start=0.0, beta_anneal=0.5))
+
+
 def view_words(c: ml_collections.ConfigDict) -> None:
   """The guidance keys for view-dependent prompts (systems/field_system.py, ViewWords)."""
   c.guidance.view_dependent_prompt = True

@@ -31,13 +31,7 @@ def get_config(preset=None):
   c.camera = _common.camera(32)
   c.field = ml_collections.ConfigDict(dict(
       kind="voxel",  # or "nerf": the hash-grid NeRF of configs/dreamfusion.py
-      voxel=ml_collections.ConfigDict(dict(
-          resolution=64, channels=3, bound=1.0, radius=0.0,
-          density_shift=-1.0,  # official: density_shift -1 with softplus
-          density_activation="softplus", feature_activation="sigmoid",
-          feature_init_scale=1.0,
-          # The "laplace" (VolSDF) activation: its β, a start ball, β annealed from a start.
-          density_beta=0.03, init_radius=0.0, density_beta_start=0.0, beta_anneal=0.5)),
+      voxel=_common.voxel_field(),
       nerf=_common.nerf_field()))
   c.render = ml_collections.ConfigDict(dict(num_samples=64, bound=1.0, stratified=True,
                                             min_near=0.0))

@@ -77,10 +77,7 @@ def get_config(preset=None):
   c.views_per_step = 1
   c.camera = _common.camera(8)
   c.field = ml_collections.ConfigDict(dict(
-      kind="nerf", nerf=_common.nerf_field(), voxel=ml_collections.ConfigDict(dict(
-          resolution=8, channels=3, bound=1.0, radius=0.0, density_shift=0.0,
-          density_activation="softplus", feature_activation="sigmoid",
-          feature_init_scale=1.0, density_beta=0.03, init_radius=0.0))))
+      kind="nerf", nerf=_common.nerf_field(), voxel=_common.voxel_field()))
   c.field.nerf.hashgrid.update(num_levels=2, log2_table_size=8, max_resolution=16)
   c.field.nerf.hidden_dim = 8
   c.render = ml_collections.ConfigDict(dict(num_samples=8, bound=1.0, stratified=True,
