@@ -182,5 +182,5 @@ def query(params: Params, x: jax.Array, cfg: VoxelConfig,
   return {"density": sigma, "features": features}
 
 
-__all__ = ["VoxelConfig", "init", "query", "beta_schedule", "laplace_density", "eikonal_loss", "interpolate",
-           "memory_bytes", "num_params", "vertex_positions"]
+__all__ = ["VoxelConfig", "init", "query", "beta_schedule", "laplace_density", "eikonal_loss",
+           "interpolate", "memory_bytes", "num_params", "vertex_positions"]
