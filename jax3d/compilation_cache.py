@@ -14,20 +14,17 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from jax3d import cache_paths
+
 ENV = "JAX3D_COMPILE_CACHE"
-OFF = "off"
+OFF = cache_paths.OFF
 MAX_BYTES = 8 << 30
 
 
 def folder(environ: Mapping[str, str] = os.environ) -> str | None:
   """The cache folder jax3d uses when JAX has none configured; None when it is off."""
-  root = environ.get(ENV)
-  if root == OFF:
-    return None
-  if root:
-    return os.path.expanduser(root)
-  xdg = environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-  return os.path.join(os.path.expanduser(xdg), "jax3d", "xla")
+  root = cache_paths.folder(ENV, "xla", environ)
+  return None if root is None else str(root)
 
 
 def enable(environ: Mapping[str, str] = os.environ) -> str | None:

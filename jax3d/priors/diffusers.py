@@ -37,6 +37,7 @@ import numpy as np
 from flax import serialization
 from flax import traverse_util
 
+from jax3d import cache_paths
 from jax3d import cameras
 from jax3d.errors import UserError
 from jax3d.priors import _quiet  # noqa: F401  (silences the Flax deprecation notices; first)
@@ -66,7 +67,7 @@ NUMERICS = ("pytorch", "flax")
 # Where converted weights are kept (Flax names and layout, memory-mapped on later loads):
 # $JAX3D_PRIOR_CACHE, else $XDG_CACHE_HOME/jax3d/priors (~/.cache/jax3d/priors); "off": none.
 CACHE_ENV = "JAX3D_PRIOR_CACHE"
-CACHE_OFF = "off"
+CACHE_OFF = cache_paths.OFF
 CACHE_FORMAT = 1
 # Byte alignment of the arrays in cache files (XLA:CPU's for using host memory in place).
 ALIGNMENT = 64
@@ -358,13 +359,7 @@ def _load_state(folder, shapes, library, allow_pickle=False, base_model_prefix="
 def cache_dir() -> pathlib.Path | None:
   """The prior cache's folder: $JAX3D_PRIOR_CACHE, else $XDG_CACHE_HOME/jax3d/priors (default
   ~/.cache/jax3d/priors); None when $JAX3D_PRIOR_CACHE is "off"."""
-  root = os.environ.get(CACHE_ENV)
-  if root == CACHE_OFF:
-    return None
-  if root:
-    return pathlib.Path(root).expanduser()
-  xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-  return pathlib.Path(xdg).expanduser() / "jax3d" / "priors"
+  return cache_paths.folder(CACHE_ENV, "priors")
 
 
 def cache_file(folder: pathlib.Path, weight_files: Sequence[pathlib.Path]
