@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import cpu_env
+import tiny_pipeline as tp
 from jax3d import cli
 from jax3d.errors import UserError
 from jax3d.priors import registry as priors
@@ -29,6 +30,14 @@ TINY = ["--config.camera.height=8", "--config.camera.width=8", "--config.views_p
         "--config.export.video_frames=2", "--config.export.video_size=16"]
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["generate", "a red cube", "--particles", "4", *TINY]
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory) -> str:
+  """A tiny pixel-space prior (16x16): what is tested is the process plumbing, so the UNet
+  that every process compiles is the smallest one that knows the prompt's words."""
+  return str(tp.write_tiny_pipeline(tmp_path_factory.mktemp("prior") / "pixel", latent=False,
+                                    weights="msgpack").folder)
 
 
 def _free_port() -> int:
@@ -66,17 +75,18 @@ VSD_TINY = ["--config.camera.height=8", "--config.camera.width=8",
 VSD_ARGS = ["generate", "a red cube", "--method", "vsd", "--particles", "4", *VSD_TINY]
 
 
-def test_two_processes_equal_one_and_resume_after_both_stop(tmp_path):
+def test_two_processes_equal_one_and_resume_after_both_stop(prior_dir, tmp_path):
   """VSD with 4 particles as 2 processes x 2 devices: stopped after 2 steps, resumed, and
   exported by process 0 alone; its particles (split over processes) and LoRA (replicated on
   every device of both, its gradient reduced over all particles) end as in one process with
   4 devices."""
+  args = [*VSD_ARGS, "--prior", prior_dir]
   split = tmp_path / "two"
-  code, err = _two_processes(split, "--stop-after", "2", args=VSD_ARGS)
+  code, err = _two_processes(split, "--stop-after", "2", args=args)
   assert code == 0, err[-3000:]
   assert sorted(os.listdir(split / "checkpoints")) == ["1", "2"]
   assert not (split / "final").exists()
-  code, err = _two_processes(split, args=VSD_ARGS)
+  code, err = _two_processes(split, args=args)
   assert code == 0 and "process 1: done at step 3" in err, err[-3000:]
   # Only the main process wrote the folder's files; the export holds every particle.
   assert sorted(os.listdir(split / "final")) == [
@@ -86,15 +96,19 @@ def test_two_processes_equal_one_and_resume_after_both_stop(tmp_path):
 
   one = tmp_path / "one"
   assert len(jax.devices()) == 4
-  assert cli.main([*VSD_ARGS, "--workdir", str(one)]) == 0
+  assert cli.main([*args, "--workdir", str(one)]) == 0
   _, cfg = registry.resolve("vsd", None, [o[len("--config."):] for o in VSD_TINY])
-  cfg.num_particles = 4
+  cfg.num_particles, cfg.prior = 4, prior_dir
   system = registry.make_system("vsd", "a red cube", cfg, priors.load_prior(cfg.prior))
   like = system.init(jax.random.key(0))
   a, b = _final_state(split, like), _final_state(one, like)
   assert int(a.step) == int(b.step) == 3
-  for x, y in zip(jax.tree.leaves(a.shared), jax.tree.leaves(b.shared)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=2e-4)
+  # Float order differs across processes; AdamW turns a near-zero gradient's flipped sign into
+  # a ±lr step (lr 1e-4), so a few entries may differ by ~lr; a wrong reduction moves most.
+  x, y = (np.concatenate([np.ravel(np.asarray(v)) for v in jax.tree.leaves(s.shared)])
+          for s in (a, b))
+  off = np.abs(x - y) > 1e-4 + 1e-3 * np.abs(y)
+  assert off.mean() < 0.01, (off.mean(), np.sort(np.abs(x - y))[-5:])
   for x, y in zip(jax.tree.leaves(a.particles), jax.tree.leaves(b.particles)):
     x, y = np.asarray(x), np.asarray(y)  # boundary-cell flips: see test_prolificdreamer
     assert np.mean(np.abs(x - y) > 1e-3) <= 5e-3, np.sort(np.abs(x - y).ravel())[-8:]
@@ -104,11 +118,11 @@ LONG_ARGS = [a for a in ARGS if not a.startswith("--config.num_steps=")] + [
     "--config.num_steps=400"]
 
 
-def _kill_one_mid_run(work, victim: int, after_step: int):
+def _kill_one_mid_run(work, prior_dir, victim: int, after_step: int):
   """Starts LONG_ARGS as 2 processes, SIGKILLs process `victim` once checkpoint `after_step`
   exists; (the other's exit code, its stderr)."""
   port = _free_port()
-  args = [*LONG_ARGS, "--workdir", str(work), "--distributed",
+  args = [*LONG_ARGS, "--prior", prior_dir, "--workdir", str(work), "--distributed",
           "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
           "--heartbeat-timeout", "20"]
   procs = [subprocess.Popen([sys.executable, "-m", "jax3d", *args, "--process-id", str(i)],
@@ -139,7 +153,7 @@ def _latest_step(work) -> int:
     checkpointer.close()
 
 
-def test_a_dead_process_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_path):
+def test_a_dead_process_stops_the_other_with_one_line_and_a_rerun_resumes(prior_dir, tmp_path):
   """SIGKILL of process 1 mid-run: process 0 exits 1 with one line, at once when it was in a
   collective (the collective fails), else within the heartbeat timeout (20 s: the watchdog,
   e.g. when it was waiting at orbax's checkpoint barrier); the same command then resumes
@@ -149,7 +163,7 @@ def test_a_dead_process_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_pa
   work = tmp_path / "W"
   for victim, after in ((1, 2), (0, None)):
     after = after or _latest_step(work) + 1
-    code, err = _kill_one_mid_run(work, victim, after)
+    code, err = _kill_one_mid_run(work, prior_dir, victim, after)
     lines = [x for x in err.splitlines() if "jax3d: error:" in x]
     assert code == 1 and len(lines) == 1, err[-3000:]
     assert f"process {1 - victim}:" in lines[0], lines[0]
@@ -157,16 +171,18 @@ def test_a_dead_process_stops_the_other_with_one_line_and_a_rerun_resumes(tmp_pa
     assert "Check failure" not in err and "@     0x" not in err, err[-3000:]
     if victim == 1:
       done = _latest_step(work)
-      code, err = _two_processes(work, "--stop-after", "1", args=LONG_ARGS)
+      code, err = _two_processes(work, "--stop-after", "1",
+                                 args=[*LONG_ARGS, "--prior", prior_dir])
       assert code == 0, err[-3000:]
       assert _latest_step(work) == done + 1
 
 
-def test_processes_that_disagree_on_the_config_stop_before_writing(tmp_path):
+def test_processes_that_disagree_on_the_config_stop_before_writing(prior_dir, tmp_path):
   port = _free_port()
   env = cpu_env.subprocess_env(1)
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "jax3d", *ARGS, f"--config.seed={i}", "--workdir",
+      [sys.executable, "-m", "jax3d", *ARGS, "--prior", prior_dir, f"--config.seed={i}",
+       "--workdir",
        str(tmp_path / "W"), "--distributed", "--coordinator", f"127.0.0.1:{port}",
        "--num-processes", "2", "--process-id", str(i), "--init-timeout", "60"],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
