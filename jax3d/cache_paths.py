@@ -8,6 +8,8 @@ import pathlib
 from typing import Mapping
 
 OFF = "off"
+# The prior cache: converted diffusers weights and the analytic prior's rendered image set.
+PRIOR_ENV = "JAX3D_PRIOR_CACHE"
 
 
 def folder(env_var: str, name: str,
@@ -22,4 +24,9 @@ def folder(env_var: str, name: str,
   return pathlib.Path(xdg).expanduser() / "jax3d" / name
 
 
-__all__ = ["OFF", "folder"]
+def prior_folder(environ: Mapping[str, str] = os.environ) -> pathlib.Path | None:
+  """The prior cache: $JAX3D_PRIOR_CACHE, else $XDG_CACHE_HOME/jax3d/priors; None when off."""
+  return folder(PRIOR_ENV, "priors", environ)
+
+
+__all__ = ["OFF", "PRIOR_ENV", "folder", "prior_folder"]

@@ -159,6 +159,39 @@ def solids():
   return data, prior
 
 
+def test_the_cached_solids_set_is_the_rendered_one_and_renders_once(solids, tmp_path,
+                                                                    monkeypatch):
+  data, _ = solids
+  key = jax.random.key(7)
+  cache = tmp_path / "priors"
+  calls = []
+  render_set = analytic.render_solids_set
+  monkeypatch.setattr(analytic, "render_solids_set",
+                      lambda *a: calls.append(a) or render_set(*a))
+  first = analytic.cached_solids_set(key, M, cache=cache)
+  assert len(calls) == 1 and len(list(cache.glob("analytic-solids-*.npz"))) == 1
+  second = analytic.cached_solids_set(key, M, cache=cache)
+  assert len(calls) == 1  # read back, not rendered
+  for got in (first, second):
+    assert got.keys() == data.keys()
+    for name in data:
+      np.testing.assert_array_equal(got[name], data[name])
+  # Another key is another set (and file); a damaged file or an unwritable folder is passed
+  # over and the set rendered as without a cache.
+  analytic.cached_solids_set(jax.random.key(8), 1, resolution=8, supersample=1, cache=cache)
+  files = sorted(cache.glob("analytic-solids-*.npz"))
+  assert len(calls) == 2 and len(files) == 2
+  for f in files:
+    f.write_bytes(b"not a zip")
+  np.testing.assert_array_equal(analytic.cached_solids_set(key, M, cache=cache)["image"],
+                                data["image"])
+  blocked = tmp_path / "file"
+  blocked.write_text("")
+  out = analytic.cached_solids_set(jax.random.key(8), 1, resolution=8, supersample=1,
+                                   cache=blocked / "priors")
+  assert len(calls) == 4 and out["image"].shape == (30, 8, 8, 3)
+
+
 def test_solids_set_matches_direct_renders(solids):
   data, prior = solids
   n = len(scenes.SOLIDS) * len(scenes.COLOURS) * M

@@ -16,8 +16,14 @@ The solids version (`solids_analytic_prior`) holds renders of every `a {colour} 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import os
+import pathlib
+import sys
 from typing import Callable, Sequence
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -170,13 +176,49 @@ def solids_prompt_mask(data: dict[str, np.ndarray], prompt: str) -> np.ndarray:
   return mask
 
 
-def solids_analytic_prior(key: jax.Array, views_per_object: int = 64, resolution: int = 32,
-                          supersample: int = 2, **kwargs) -> base.Prior:
-  """The exact prior over solids renders (see `render_solids_set`), for solids prompts only."""
+def cached_solids_set(key: jax.Array, views_per_object: int, resolution: int = 32,
+                      supersample: int = 2, cache: pathlib.Path | None = None
+                      ) -> dict[str, np.ndarray]:
+  """`render_solids_set`, kept as an .npz in the folder `cache` (the prior cache) when given.
+
+  The file is named by a hash of the arguments, the key and the source of every module the
+  renders depend on, so a changed renderer or camera distribution renders afresh. A cache that
+  cannot be read or written is passed over: the set is then rendered as without one.
+  """
+  if cache is None:
+    return render_solids_set(key, views_per_object, resolution, supersample)
+  digest = hashlib.sha256(
+      f"jax3d analytic solids set|{views_per_object}|{resolution}|{supersample}|".encode())
+  digest.update(np.asarray(jax.random.key_data(key)).tobytes())
+  for module in (solids_render, scenes, cameras, sys.modules[__name__]):
+    digest.update(pathlib.Path(module.__file__).read_bytes())
+  path = cache / f"analytic-solids-{digest.hexdigest()[:32]}.npz"
+  try:
+    with np.load(path) as f:
+      return {name: f[name] for name in f.files}
+  except (OSError, ValueError, zipfile.BadZipFile):
+    pass
   data = render_solids_set(key, views_per_object, resolution, supersample)
+  tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+  try:
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(tmp, **data)
+    os.replace(tmp, path)  # Readers see the whole file or none.
+  except OSError:
+    with contextlib.suppress(OSError):
+      tmp.unlink()
+  return data
+
+
+def solids_analytic_prior(key: jax.Array, views_per_object: int = 64, resolution: int = 32,
+                          supersample: int = 2, cache: pathlib.Path | None = None,
+                          **kwargs) -> base.Prior:
+  """The exact prior over solids renders (see `render_solids_set`), for solids prompts only;
+  the renders are kept in the folder `cache` when given (`cached_solids_set`)."""
+  data = cached_solids_set(key, views_per_object, resolution, supersample, cache)
   return analytic_prior(data["image"], lambda p: solids_prompt_mask(data, p),
                         view_schemes=cameras.VIEW_SCHEMES, **kwargs)
 
 
-__all__ = ["analytic_prior", "mixture_eps", "render_solids_set", "solids_prompt_mask",
-           "solids_analytic_prior"]
+__all__ = ["analytic_prior", "mixture_eps", "render_solids_set", "cached_solids_set",
+           "solids_prompt_mask", "solids_analytic_prior"]

@@ -66,7 +66,7 @@ _REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
 NUMERICS = ("pytorch", "flax")
 # Where converted weights are kept (Flax names and layout, memory-mapped on later loads):
 # $JAX3D_PRIOR_CACHE, else $XDG_CACHE_HOME/jax3d/priors (~/.cache/jax3d/priors); "off": none.
-CACHE_ENV = "JAX3D_PRIOR_CACHE"
+CACHE_ENV = cache_paths.PRIOR_ENV
 CACHE_OFF = cache_paths.OFF
 CACHE_FORMAT = 1
 # Byte alignment of the arrays in cache files (XLA:CPU's for using host memory in place).
@@ -359,7 +359,7 @@ def _load_state(folder, shapes, library, allow_pickle=False, base_model_prefix="
 def cache_dir() -> pathlib.Path | None:
   """The prior cache's folder: $JAX3D_PRIOR_CACHE, else $XDG_CACHE_HOME/jax3d/priors (default
   ~/.cache/jax3d/priors); None when $JAX3D_PRIOR_CACHE is "off"."""
-  return cache_paths.folder(CACHE_ENV, "priors")
+  return cache_paths.prior_folder()
 
 
 def cache_file(folder: pathlib.Path, weight_files: Sequence[pathlib.Path]

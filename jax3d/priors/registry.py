@@ -76,7 +76,9 @@ def load_prior(spec: str, dtype: str = "float32", allow_pickle: bool = False):
   if views is not None:
     import jax  # pylint: disable=g-import-not-at-top
     from jax3d.priors import analytic  # pylint: disable=g-import-not-at-top
-    return analytic.solids_analytic_prior(jax.random.key(ANALYTIC_SEED), views_per_object=views)
+    from jax3d import cache_paths  # pylint: disable=g-import-not-at-top
+    return analytic.solids_analytic_prior(jax.random.key(ANALYTIC_SEED), views_per_object=views,
+                                          cache=cache_paths.prior_folder())
   path = prior_folder(spec)
   from jax3d.priors import diffusers as diffusers_prior  # pylint: disable=g-import-not-at-top
   return diffusers_prior.load_diffusers_prior(
