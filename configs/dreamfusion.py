@@ -54,7 +54,7 @@ def get_config(preset=None):
                                                   opacity_kind="mean"))
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15, grad_clip=0.0,
-      lr_density=0.0))  # voxel grids only
+      lr_density=0.0, lr_density_late=0.0, density_switch_step=0))  # voxel grids only
   _common.add_runner(c)
 
   if preset in ("toy", "toy-analytic"):

@@ -45,7 +45,8 @@ def get_config(preset=None):
       # the "mlp" ones (threestudio refine: lr 0.01 for geometry and texture).
       optim=ml_collections.ConfigDict(dict(
           name="adam", lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15,
-          grad_clip=0.0, lr_density=0.0))))  # voxel grids only
+          grad_clip=0.0, lr_density=0.0, lr_density_late=0.0,
+          density_switch_step=0))))  # voxel grids only
   if preset in ("toy", "toy-analytic"):
     c.num_steps = 400  # the coarse stage; the fine stage refines its shape
     # Against this SDS gradient 1e4 barely smooths (a red cube: silhouette IoU 0.850 -> 0.890

@@ -52,6 +52,7 @@ def get_config(preset=None):
   c.optim = ml_collections.ConfigDict(dict(
       name="adamax", lr_grid=0.05, lr_mlp=0.05,  # official: Adamax, lr 0.05
       lr_density=0.0,  # the voxel density's own lr; 0: lr_grid (official)
+      lr_density_late=0.0, density_switch_step=0,  # from that step, the density's lr
       b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0))
   _common.add_runner(c)
 

@@ -15,6 +15,7 @@ import pytest
 
 from jax3d import cli
 from jax3d import configuration
+from jax3d.errors import UserError
 from jax3d.priors import analytic
 from jax3d.systems import base
 from jax3d.systems import registry
@@ -88,7 +89,8 @@ def get_config(preset=None):
   c.grey = 0.5
   c.optim = ml_collections.ConfigDict(dict(name="adam", lr_grid=0.1, lr_mlp=0.1, b1=0.9,
                                            b2=0.99, eps=1e-8, grad_clip=0.0,
-                                           lr_density=0.0))
+                                           lr_density=0.0, lr_density_late=0.0,
+                                           density_switch_step=0))
   _common.add_runner(c)
   c.checkpoint_every = 2
   c.preview_every = 2
@@ -304,3 +306,22 @@ def test_step_memory_grows_with_the_render_and_refuses_what_cannot_fit(monkeypat
                                       r"\(16\), views_per_step \(1\)"):
     memory.check_step_fits(needs[64], DEVICES[:1], memory.step_hint(system.config))
   memory.check_step_fits(needs[16], DEVICES[:1], memory.step_hint(system.config))
+
+
+def test_the_density_rate_switches_at_its_step():
+  """Adamax under a constant gradient g moves each leaf by exactly -lr·sign(g) a step (its
+  bias-corrected first moment is g, its infinity norm |g|): the density's steps are
+  lr_density until `density_switch_step`, then lr_density_late; the grid's stay lr_grid."""
+  cfg = settings.OptimConfig(name="adamax", lr_grid=0.05, lr_mlp=0.05, b1=0.9, b2=0.999,
+                             eps=1e-12, grad_clip=0.0, lr_density=0.01, lr_density_late=0.02,
+                             density_switch_step=2)
+  params = {"d": jnp.zeros(3), "g": jnp.zeros(3)}
+  tx = settings.make_optimizer(cfg, {"d": "density", "g": "grid"})
+  state, steps = tx.init(params), []
+  for _ in range(4):
+    updates, state = tx.update({"d": jnp.ones(3), "g": -jnp.ones(3)}, state, params)
+    steps.append((float(updates["d"][0]), float(updates["g"][0])))
+  np.testing.assert_allclose(steps, [(-0.01, 0.05), (-0.01, 0.05), (-0.02, 0.05),
+                                     (-0.02, 0.05)], rtol=1e-5)
+  with pytest.raises(UserError, match="must be >= 0"):
+    dataclasses.replace(cfg, density_switch_step=-1)

@@ -45,7 +45,8 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
   """Adam or Adamax with one learning rate for grid-like leaves, one for MLP leaves and,
-  optionally, one for a voxel grid's density."""
+  optionally, one for a voxel grid's density (changed to `lr_density_late` from optimizer
+  step `density_switch_step` when both are positive)."""
   name: str  # one of OPTIMIZERS
   lr_grid: float
   lr_mlp: float
@@ -54,8 +55,13 @@ class OptimConfig:
   eps: float
   grad_clip: float  # global-norm clipping; 0 = off
   lr_density: float = 0.0  # leaves labelled "density" (a voxel grid's); 0 = lr_grid
+  lr_density_late: float = 0.0  # the density's rate from step `density_switch_step`; 0 = same
+  density_switch_step: int = 0
 
   def __post_init__(self):
+    if self.lr_density_late < 0 or self.density_switch_step < 0:
+      raise UserError("optim.lr_density_late and optim.density_switch_step must be >= 0 "
+                      f"(got {self.lr_density_late} and {self.density_switch_step})")
     if self.name not in OPTIMIZERS:
       raise UserError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
@@ -67,8 +73,12 @@ def make_optimizer(cfg: OptimConfig, labels) -> optax.GradientTransformation:
     if cfg.name == "adamax":
       return optax.adamax(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  lr_density = cfg.lr_density or cfg.lr_grid
+  if cfg.lr_density_late > 0 and cfg.density_switch_step > 0:
+    lr_density = optax.piecewise_constant_schedule(
+        lr_density, {cfg.density_switch_step: cfg.lr_density_late / lr_density})
   tx = optax.multi_transform({"grid": one(cfg.lr_grid), "mlp": one(cfg.lr_mlp),
-                              "density": one(cfg.lr_density or cfg.lr_grid)}, labels)
+                              "density": one(lr_density)}, labels)
   if cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx
