@@ -40,6 +40,17 @@ def voxel_field() -> ml_collections.ConfigDict:
       density_beta=0.03, init_radius=0.0, density_beta_start=0.0, beta_anneal=0.5))
 
 
+def optim(name: str, *, lr_grid: float, lr_mlp: float, b1: float, b2: float,
+          eps: float) -> ml_collections.ConfigDict:
+  """The optimizer group (systems/settings.py, Optim): `name` ('adam' or 'adamax') with rates for the
+  field's grid and MLP; a voxel density's own rates and gradient clipping off."""
+  return ml_collections.ConfigDict(dict(
+      name=name, lr_grid=lr_grid, lr_mlp=lr_mlp, b1=b1, b2=b2, eps=eps, grad_clip=0.0,
+      # The voxel density's rate (0: lr_grid), and from density_switch_step on
+      # lr_density_late (0: no switch).
+      lr_density=0.0, lr_density_late=0.0, density_switch_step=0))
+
+
 def view_words(c: ml_collections.ConfigDict) -> None:
   """The guidance keys for view-dependent prompts (systems/field_system.py, ViewWords)."""
   c.guidance.view_dependent_prompt = True

@@ -52,9 +52,7 @@ def get_config(preset=None):
   c.background = (1.0, 1.0, 1.0)  # plain white, as the solids world
   c.regularizers = ml_collections.ConfigDict(dict(orientation=0.0, opacity=0.0,
                                                   opacity_kind="mean"))
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adam", lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15, grad_clip=0.0,
-      lr_density=0.0, lr_density_late=0.0, density_switch_step=0))  # voxel grids only
+  c.optim = _common.optim("adam", lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15)
   _common.add_runner(c)
 
   if preset in ("toy", "toy-analytic"):

@@ -49,11 +49,8 @@ def get_config(preset=None):
       center_depth_border=7 / 64,  # official: the outer 7 of 64 pixels
       opacity=0.0, opacity_kind="entropy",  # not in the official code
       eikonal=0.0))  # for a "laplace" (signed-distance) voxel grid; not in the official code
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adamax", lr_grid=0.05, lr_mlp=0.05,  # official: Adamax, lr 0.05
-      lr_density=0.0,  # the voxel density's own lr; 0: lr_grid (official)
-      lr_density_late=0.0, density_switch_step=0,  # from that step, the density's lr
-      b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0))
+  # Official: Adamax, lr 0.05; the voxel density at lr_grid.
+  c.optim = _common.optim("adamax", lr_grid=0.05, lr_mlp=0.05, b1=0.9, b2=0.999, eps=1e-8)
   _common.add_runner(c)
 
   if preset in ("toy", "toy-surface"):

@@ -87,10 +87,7 @@ def get_config(preset=None):
   _common.view_words(c)
   c.background = (1.0, 1.0, 1.0)
   c.grey = 0.5
-  c.optim = ml_collections.ConfigDict(dict(name="adam", lr_grid=0.1, lr_mlp=0.1, b1=0.9,
-                                           b2=0.99, eps=1e-8, grad_clip=0.0,
-                                           lr_density=0.0, lr_density_late=0.0,
-                                           density_switch_step=0))
+  c.optim = _common.optim("adam", lr_grid=0.1, lr_mlp=0.1, b1=0.9, b2=0.99, eps=1e-8)
   _common.add_runner(c)
   c.checkpoint_every = 2
   c.preview_every = 2
