@@ -4,7 +4,8 @@ Presets:
   toy  the shipped solids-azimuth prior on a laptop CPU: an RGB voxel grid rendered at 32x32,
        K = 4 perturbations per view, view guidance 500 on the azimuth words.
   toy-surface  the toy on an opaque surface: a VolSDF (laplace) grid started from a ball, its β
-       annealed 0.1 -> 0.03 over the first half (holes and tips form while β is wide).
+       annealed 0.1 -> 0.02 over the first half (holes and tips form while β is wide), the
+       surface's rate doubled from step 300.
   sd   the official Stable Diffusion setting (pals-ttic/sjc `run_sjc.py`, cited inline): a 100^3
        voxel grid of 4 latent channels rendered at 64x64, Adamax 0.05, 10k steps, CFG 100,
        K = 1, emptiness loss 1e4 x log(1 + 10 w) (x20 from halfway), --prior PATH.
@@ -65,10 +66,12 @@ def get_config(preset=None):
       # The fog's surface is where ~1 unit of path reaches opacity 0.5, which rounds cubes and
       # fills holes; a surface ends at a level (docs/results.md, "An opaque surface, annealed").
       c.field.voxel.update(density_activation="laplace", density_shift=0.0, init_radius=0.5,
-                           feature_init_scale=0.1, density_beta_start=0.1)
+                           feature_init_scale=0.1, density_beta_start=0.1, density_beta=0.02)
       c.regularizers.eikonal = 1e3  # keeps the grid a distance field, its surface smooth
-      # The surface moves slowly; colours at the preset's rate (at 0.01 orange came out red).
-      c.optim.update(lr_grid=0.05, lr_density=0.01)
+      # Colours at the fog's rate (at 0.01 orange came out red); the surface slowly while β
+      # anneals (holes open), then twice as fast (cubes keep their edges).
+      c.optim.update(lr_grid=0.05, lr_density=0.01, lr_density_late=0.02,
+                     density_switch_step=300)
   elif preset == "sd":
     c.prior = ""  # a Stable Diffusion folder: --prior PATH
     c.num_steps = 10000  # official n_steps
