@@ -42,8 +42,8 @@ def voxel_field() -> ml_collections.ConfigDict:
 
 def optim(name: str, *, lr_grid: float, lr_mlp: float, b1: float, b2: float,
           eps: float) -> ml_collections.ConfigDict:
-  """The optimizer group (systems/settings.py, Optim): `name` ('adam' or 'adamax') with rates for the
-  field's grid and MLP; a voxel density's own rates and gradient clipping off."""
+  """The optimizer group (systems/settings.py, OptimConfig): `name` ('adam' or 'adamax') with
+  rates for the field's grid and MLP; a voxel density's own rates and gradient clipping off."""
   return ml_collections.ConfigDict(dict(
       name=name, lr_grid=lr_grid, lr_mlp=lr_mlp, b1=b1, b2=b2, eps=eps, grad_clip=0.0,
       # The voxel density's rate (0: lr_grid), and from density_switch_step on

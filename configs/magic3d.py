@@ -13,6 +13,7 @@ Presets:
 
 import ml_collections
 
+from jax3d.configs import _common
 from jax3d.configs import dreamfusion
 
 
@@ -43,10 +44,7 @@ def get_config(preset=None):
           laplacian=0.0)),
       # SDF and deformation are the "grid" leaves, the texture NeRF's hash table too; its MLP
       # the "mlp" ones (threestudio refine: lr 0.01 for geometry and texture).
-      optim=ml_collections.ConfigDict(dict(
-          name="adam", lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15,
-          grad_clip=0.0, lr_density=0.0, lr_density_late=0.0,
-          density_switch_step=0))))  # voxel grids only
+      optim=_common.optim("adam", lr_grid=1e-2, lr_mlp=1e-3, b1=0.9, b2=0.99, eps=1e-15)))
   if preset in ("toy", "toy-analytic"):
     c.num_steps = 400  # the coarse stage; the fine stage refines its shape
     # Against this SDS gradient 1e4 barely smooths (a red cube: silhouette IoU 0.850 -> 0.890
